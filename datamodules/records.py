@@ -1,0 +1,27 @@
+"""The annotation record every part of VidDF exchanges, and the clip id convention.
+
+A record is one clip of the pool with its current caption:
+``clip_id, video_path, start, end, asr, caption, round, source``.
+``video_path`` is relative to the pool folder unless absolute; ``round`` is -1 for
+records that do not come from a refinement round (raw ASR, human examples).
+"""
+
+from typing import TypedDict
+
+RECORD_FIELDS = ("clip_id", "video_path", "start", "end", "asr", "caption", "round", "source")
+
+
+class AnnotationRecord(TypedDict):
+    clip_id: str
+    video_path: str
+    start: float
+    end: float
+    asr: str
+    caption: str
+    round: int
+    source: str
+
+
+def make_clip_id(video_id: str, segment_index: int) -> str:
+    """Clip ids are ``<video_id>_<segment index, 3 digits>``, the index counting from 0."""
+    return f"{video_id}_{segment_index:03d}"
