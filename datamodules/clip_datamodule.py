@@ -1,0 +1,168 @@
+"""LightningDataModule that streams decoded clips and their captions from any annotation source.
+
+The source is a refinement round, the raw ASR pool or a JSONL record file (see
+``annotation_sources.open_source``). Training resumes exactly mid-epoch: the module counts the
+batches the training loop actually consumed (in ``on_before_batch_transfer``, which runs for
+the batch being trained on, not for the one the loop prefetched) and saves that position in the
+checkpoint; the next pass starts from it (see ``streaming_dataset``).
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from datamodules.annotation_sources import open_source
+from datamodules.streaming_dataset import ClipStream, in_split
+from datamodules.video_transforms import build_video_transform
+
+log = logging.getLogger(__name__)
+
+# The fork server imports the decoding stack once; each worker is then a cheap fork of it.
+multiprocessing.set_forkserver_preload(["datamodules.streaming_dataset", "datamodules.video_transforms"])
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that asks its owner where each pass starts (epoch and first batch)."""
+
+    def __init__(self, dataset: ClipStream, position_fn, **kwargs: Any) -> None:
+        super().__init__(dataset, batch_size=None, **kwargs)
+        self._position_fn = position_fn
+
+    def __iter__(self):
+        self.dataset.epoch, self.dataset.start_batch = self._position_fn()
+        return super().__iter__()
+
+
+def _iter_source(path: str):
+    return iter(open_source(path))
+
+
+class ClipCaptionDataModule(L.LightningDataModule):
+    """Clips (decoded frames) with captions from a round, the ASR pool or a JSONL file."""
+
+    def __init__(
+        self,
+        train_source: str,
+        val_source: str | None = None,
+        video_root: str | None = None,
+        val_fraction: float = 0.05,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        num_frames: int = 8,
+        image_size: int = 32,
+        shuffle_buffer_size: int = 1000,
+        seed: int = 0,
+        backend: str = "auto",
+    ) -> None:
+        """
+        Args:
+            train_source: round folder, ASR pool folder / ``asr.json``, or ``.jsonl`` records to train on.
+            val_source: source to validate on; None carves ``val_fraction`` of the train clips instead.
+            video_root: folder that relative ``video_path``s resolve against; None takes the source's own.
+            val_fraction: share of clips (by a stable hash of the clip id) held out when ``val_source`` is None.
+            batch_size: clips per batch on each rank.
+            num_workers: DataLoader worker processes per rank.
+            num_frames: frames sampled per clip (random offsets in training, uniform in evaluation).
+            image_size: side of the square frames after resizing and cropping.
+            shuffle_buffer_size: records held by the streaming shuffle buffer.
+            seed: seed of the shuffle and of the frame offsets (the epoch is folded in).
+            backend: video decoder: ``decord``, ``pyav`` or ``auto``.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        for name in ("train_source", "val_source", "video_root"):
+            value = getattr(self.hparams, name)
+            if value is not None and not Path(value).exists():
+                raise FileNotFoundError(f"data.{name}: {value} does not exist")
+        self.epoch = 0
+        self.batches_consumed = 0
+        self.skipped_total = 0
+        self._epoch_counter = -1  # epochs started outside a Trainer
+
+    # ---- datasets -------------------------------------------------------------------------
+    def _stream(self, source: str, train: bool, keep) -> ClipStream:
+        hp = self.hparams
+        root = hp.video_root or open_source(source).video_root
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self._trainer_attached() else (0, 1)
+        return ClipStream(
+            source_factory=functools.partial(_iter_source, source),
+            video_root=root,
+            batch_size=hp.batch_size,
+            num_frames=hp.num_frames,
+            transform=build_video_transform(hp.image_size, train=train),
+            keep=keep,
+            shuffle=train,
+            shuffle_buffer_size=hp.shuffle_buffer_size,
+            seed=hp.seed,
+            sampling="random" if train else "uniform",
+            drop_last=False,
+            backend=hp.backend,
+            rank=rank,
+            world_size=world,
+        )
+
+    def _trainer_attached(self) -> bool:
+        return getattr(self, "trainer", None) is not None
+
+    def _split_filter(self, want_val: bool):
+        if self.hparams.val_source is not None or self.hparams.val_fraction <= 0:
+            return None
+        return functools.partial(_keep_split, val_fraction=self.hparams.val_fraction, want_val=want_val)
+
+    def train_dataloader(self) -> ResumableLoader:
+        stream = self._stream(self.hparams.train_source, train=True, keep=self._split_filter(want_val=False))
+        return self._loader(stream, self._train_position)
+
+    def val_dataloader(self) -> ResumableLoader | list:
+        hp = self.hparams
+        if hp.val_source is None and hp.val_fraction <= 0:
+            return []
+        source = hp.val_source or hp.train_source
+        stream = self._stream(source, train=False, keep=self._split_filter(want_val=True))
+        return self._loader(stream, lambda: (0, 0))
+
+    def _loader(self, stream: ClipStream, position_fn) -> ResumableLoader:
+        workers = self.hparams.num_workers
+        # Workers start from a fork server, not by forking this process: a fork taken while
+        # decoder or OpenMP threads hold locks can deadlock the child (seen in our test suite).
+        return ResumableLoader(
+            stream, position_fn, num_workers=workers, persistent_workers=False, pin_memory=False,
+            prefetch_factor=2 if workers > 0 else None,
+            multiprocessing_context="forkserver" if workers > 0 else None,
+        )
+
+    # ---- resume bookkeeping ---------------------------------------------------------------
+    def _train_position(self) -> tuple[int, int]:
+        if self._trainer_attached():
+            epoch = self.trainer.current_epoch
+        else:
+            self._epoch_counter += 1
+            epoch = max(self._epoch_counter, self.epoch)
+        start = self.batches_consumed if epoch == self.epoch else 0
+        return epoch, start
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and "batch_index" in batch and self._trainer_attached() and self.trainer.training:
+            self.epoch = batch["epoch"]
+            self.batches_consumed = batch["batch_index"] + 1
+            self.skipped_total += batch["skipped"]
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batches_consumed": self.batches_consumed, "skipped_total": self.skipped_total}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epoch = state_dict["epoch"]
+        self.batches_consumed = state_dict["batches_consumed"]
+        self.skipped_total = state_dict["skipped_total"]
+
+
+def _keep_split(record, val_fraction: float, want_val: bool) -> bool:
+    return in_split(record["clip_id"], val_fraction, want_val)

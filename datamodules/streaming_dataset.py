@@ -1,0 +1,176 @@
+"""A resumable stream of decoded clips over any annotation source.
+
+How a record finds its way into a batch, and why resume is exact:
+
+1. Every rank and every worker reads the same record stream (cheap: JSON lines, no video) and
+   keeps the records that pass ``keep`` (the train/val split).
+2. A shuffle buffer seeded by ``(seed, epoch)`` reorders it, identically everywhere.
+3. Records are dealt to ranks in groups of ``world_size``; an incomplete last group is dropped
+   so every rank gets the same number of batches (no padding duplicates).
+4. Each rank cuts its records into batches numbered 0, 1, 2…; batch ``b`` is decoded by worker
+   ``(b - start_batch) % num_workers``. DataLoader's in-order round robin over workers then
+   delivers batches ``start_batch, start_batch + 1, …`` in order, whatever the worker count.
+
+So the position in an epoch is one number per rank, the count of batches consumed. Resuming
+sets ``start_batch`` to it and the rest of the epoch is exactly what the uninterrupted run
+would have produced; skipped batches are only parsed, never decoded.
+
+A clip that fails to decode is dropped from its batch, counted in the batch's ``skipped`` and
+logged with its file; the batch may then be smaller (or empty: ``video`` with 0 rows).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from datamodules.records import AnnotationRecord
+from datamodules.video_reader import VideoDecodeError, read_clip
+
+log = logging.getLogger(__name__)
+
+
+def shuffle_buffer(items: Iterable[Any], buffer_size: int, rng: random.Random) -> Iterator[Any]:
+    """Approximate shuffle of a stream with a bounded buffer (a size of 0 or 1 keeps the order)."""
+    if buffer_size <= 1:
+        yield from items
+        return
+    buffer: list[Any] = []
+    for item in items:
+        if len(buffer) < buffer_size:
+            buffer.append(item)
+            continue
+        i = rng.randrange(buffer_size)
+        yield buffer[i]
+        buffer[i] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def in_split(clip_id: str, val_fraction: float, want_val: bool) -> bool:
+    """Stable train/val membership from a hash of the clip id: independent of order and rank."""
+    is_val = (zlib.crc32(clip_id.encode("utf-8")) % 10_000) < round(val_fraction * 10_000)
+    return is_val == want_val
+
+
+class ClipStream(IterableDataset):
+    """Yields collated batches of ``{video, clip_id, caption, asr, …}`` from an annotation source.
+
+    Use with ``DataLoader(dataset, batch_size=None)``: batching happens here, so that the batch
+    numbering, and with it resume, does not depend on the number of workers.
+    """
+
+    def __init__(
+        self,
+        source_factory: Callable[[], Iterable[AnnotationRecord]],
+        video_root: str | Path,
+        batch_size: int,
+        num_frames: int,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        keep: Callable[[AnnotationRecord], bool] | None = None,
+        shuffle: bool = False,
+        shuffle_buffer_size: int = 1000,
+        seed: int = 0,
+        sampling: str = "uniform",
+        drop_last: bool = False,
+        backend: str = "auto",
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__()
+        self.source_factory = source_factory
+        self.video_root = Path(video_root)
+        self.batch_size = batch_size
+        self.num_frames = num_frames
+        self.transform = transform
+        self.keep = keep
+        self.shuffle = shuffle
+        self.shuffle_buffer_size = shuffle_buffer_size
+        self.seed = seed
+        self.sampling = sampling
+        self.drop_last = drop_last
+        self.backend = backend
+        self.rank = rank
+        self.world_size = world_size
+        # Set by the loader before each pass (see ResumableLoader).
+        self.epoch = 0
+        self.start_batch = 0
+
+    def rank_records(self) -> Iterator[AnnotationRecord]:
+        """This rank's records for the current epoch, in order; no video is touched."""
+        records: Iterable[AnnotationRecord] = self.source_factory()
+        if self.keep is not None:
+            records = filter(self.keep, records)
+        if self.shuffle:
+            rng = random.Random(f"{self.seed}/{self.epoch}")
+            records = shuffle_buffer(records, self.shuffle_buffer_size, rng)
+        group: list[AnnotationRecord] = []
+        for record in records:
+            group.append(record)
+            if len(group) == self.world_size:
+                yield group[self.rank]
+                group = []
+
+    def rank_batches(self) -> Iterator[tuple[int, list[AnnotationRecord]]]:
+        batch: list[AnnotationRecord] = []
+        index = 0
+        for record in self.rank_records():
+            batch.append(record)
+            if len(batch) == self.batch_size:
+                yield index, batch
+                batch, index = [], index + 1
+        if batch and not self.drop_last:
+            yield index, batch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for index, records in self.rank_batches():
+            if index < self.start_batch or (index - self.start_batch) % num_workers != worker:
+                continue
+            yield self.decode_batch(index, records)
+
+    def decode_batch(self, index: int, records: list[AnnotationRecord]) -> dict[str, Any]:
+        videos, kept, skipped_files = [], [], []
+        for position, record in enumerate(records):
+            path = Path(record["video_path"])
+            path = path if path.is_absolute() else self.video_root / path
+            # A per-clip generator makes random frame offsets independent of worker layout.
+            generator = torch.Generator().manual_seed(
+                zlib.crc32(f"{self.seed}/{self.epoch}/{self.rank}/{index}/{position}".encode())
+            )
+            try:
+                frames = read_clip(
+                    str(path), record["start"], record["end"], self.num_frames,
+                    mode=self.sampling, generator=generator, backend=self.backend,
+                )
+            except VideoDecodeError as e:
+                log.warning("skipping clip %s: %s", record["clip_id"], e)
+                skipped_files.append(str(path))
+                continue
+            if self.transform is not None:
+                # Crops draw from torch's global RNG: seed a private copy so that augmentation,
+                # too, is the same in a resumed run, without disturbing the trainer's RNG.
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(int(generator.initial_seed()) + 1)
+                    frames = self.transform(frames)
+            videos.append(frames)
+            kept.append(record)
+        video = torch.stack(videos) if videos else torch.empty(0)
+        return {
+            "video": video,
+            "clip_id": [r["clip_id"] for r in kept],
+            "caption": [r["caption"] for r in kept],
+            "asr": [r["asr"] for r in kept],
+            "epoch": self.epoch,
+            "batch_index": index,
+            "skipped": len(skipped_files),
+            "skipped_files": skipped_files,
+        }

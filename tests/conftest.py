@@ -1,0 +1,24 @@
+"""Shared test setup: offline hub, quiet threads, and one tiny synthetic world per session."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """A synthetic world of 8 pool videos with small downstream sets, generated once."""
+    from datamodules.synthetic_world import generate_world
+
+    out = tmp_path_factory.mktemp("world") / "world"
+    generate_world(
+        out, num_videos=8, seed=3, msrvtt_train=8, msrvtt_test=4, msvd_videos=8, foundation_images=20, workers=1
+    )
+    return out
