@@ -265,6 +265,19 @@ class ShardWriter:
             self.close()
 
 
+def done_clip_ids(round_path: str | os.PathLike) -> frozenset[str]:
+    """Clips already stored in a round folder, finished shards and ``.partial`` ones alike."""
+    round_path = Path(round_path)
+    if not round_path.is_dir():
+        return frozenset()
+    done: set[str] = set()
+    for path in sorted(round_path.glob("part-*.jsonl")):
+        done |= _clip_ids(path)
+    for path in sorted(round_path.glob(f"part-*.jsonl{PARTIAL_SUFFIX}")):
+        done |= _clip_ids(path)  # a torn last line is a counted skip, so it is done again
+    return frozenset(done)
+
+
 def _clip_ids(path: Path) -> set[str]:
     return {r["clip_id"] for r in JsonlRecordReader([path])}
 

@@ -19,6 +19,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from datamodules.annotation_sources import open_source
+from datamodules.annotation_store import done_clip_ids
 from datamodules.streaming_dataset import ClipStream, in_split
 from datamodules.video_transforms import build_video_transform
 
@@ -51,6 +52,8 @@ class ClipCaptionDataModule(L.LightningDataModule):
         self,
         train_source: str,
         val_source: str | None = None,
+        predict_source: str | None = None,
+        exclude_clips: str | None = None,
         video_root: str | None = None,
         val_fraction: float = 0.05,
         batch_size: int = 8,
@@ -65,6 +68,9 @@ class ClipCaptionDataModule(L.LightningDataModule):
         Args:
             train_source: round folder, ASR pool folder / ``asr.json``, or ``.jsonl`` records to train on.
             val_source: source to validate on; None carves ``val_fraction`` of the train clips instead.
+            predict_source: source ``predict`` captions (every record, once); None = ``train_source``.
+            exclude_clips: a round folder whose shards (finished or ``.partial``) hold clips that
+                ``predict`` must not do again: how an interrupted annotation pass resumes.
             video_root: folder that relative ``video_path``s resolve against; None takes the source's own.
             val_fraction: share of clips (by a stable hash of the clip id) held out when ``val_source`` is None.
             batch_size: clips per batch on each rank.
@@ -77,7 +83,7 @@ class ClipCaptionDataModule(L.LightningDataModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        for name in ("train_source", "val_source", "video_root"):
+        for name in ("train_source", "val_source", "predict_source", "video_root"):
             value = getattr(self.hparams, name)
             if value is not None and not Path(value).exists():
                 raise FileNotFoundError(f"data.{name}: {value} does not exist")
@@ -87,7 +93,7 @@ class ClipCaptionDataModule(L.LightningDataModule):
         self._epoch_counter = -1  # epochs started outside a Trainer
 
     # ---- datasets -------------------------------------------------------------------------
-    def _stream(self, source: str, train: bool, keep) -> ClipStream:
+    def _stream(self, source: str, train: bool, keep, drop_uneven: bool = True) -> ClipStream:
         hp = self.hparams
         root = hp.video_root or open_source(source).video_root
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self._trainer_attached() else (0, 1)
@@ -103,6 +109,7 @@ class ClipCaptionDataModule(L.LightningDataModule):
             seed=hp.seed,
             sampling="random" if train else "uniform",
             drop_last=False,
+            drop_uneven=drop_uneven,
             backend=hp.backend,
             rank=rank,
             world_size=world,
@@ -126,6 +133,14 @@ class ClipCaptionDataModule(L.LightningDataModule):
             return []
         source = hp.val_source or hp.train_source
         stream = self._stream(source, train=False, keep=self._split_filter(want_val=True))
+        return self._loader(stream, lambda: (0, 0))
+
+    def predict_dataloader(self) -> ResumableLoader:
+        source = self.hparams.predict_source or self.hparams.train_source
+        keep = None
+        if self.hparams.exclude_clips is not None:
+            keep = functools.partial(_not_in, done=done_clip_ids(self.hparams.exclude_clips))
+        stream = self._stream(source, train=False, keep=keep, drop_uneven=False)
         return self._loader(stream, lambda: (0, 0))
 
     def _loader(self, stream: ClipStream, position_fn) -> ResumableLoader:
@@ -162,6 +177,10 @@ class ClipCaptionDataModule(L.LightningDataModule):
         self.epoch = state_dict["epoch"]
         self.batches_consumed = state_dict["batches_consumed"]
         self.skipped_total = state_dict["skipped_total"]
+
+
+def _not_in(record, done: frozenset[str]) -> bool:
+    return record["clip_id"] not in done
 
 
 def _keep_split(record, val_fraction: float, want_val: bool) -> bool:

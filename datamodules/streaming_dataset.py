@@ -5,8 +5,9 @@ How a record finds its way into a batch, and why resume is exact:
 1. Every rank and every worker reads the same record stream (cheap: JSON lines, no video) and
    keeps the records that pass ``keep`` (the train/val split).
 2. A shuffle buffer seeded by ``(seed, epoch)`` reorders it, identically everywhere.
-3. Records are dealt to ranks in groups of ``world_size``; an incomplete last group is dropped
-   so every rank gets the same number of batches (no padding duplicates).
+3. Records are dealt to ranks in groups of ``world_size``; in training an incomplete last group
+   is dropped so every rank gets the same number of batches (no padding duplicates); passes that
+   must see every record (``drop_uneven=False``: prediction, re-annotation) keep it.
 4. Each rank cuts its records into batches numbered 0, 1, 2…; batch ``b`` is decoded by worker
    ``(b - start_batch) % num_workers``. DataLoader's in-order round robin over workers then
    delivers batches ``start_batch, start_batch + 1, …`` in order, whatever the worker count.
@@ -80,6 +81,7 @@ class ClipStream(IterableDataset):
         seed: int = 0,
         sampling: str = "uniform",
         drop_last: bool = False,
+        drop_uneven: bool = True,
         backend: str = "auto",
         rank: int = 0,
         world_size: int = 1,
@@ -96,6 +98,7 @@ class ClipStream(IterableDataset):
         self.seed = seed
         self.sampling = sampling
         self.drop_last = drop_last
+        self.drop_uneven = drop_uneven
         self.backend = backend
         self.rank = rank
         self.world_size = world_size
@@ -117,6 +120,8 @@ class ClipStream(IterableDataset):
             if len(group) == self.world_size:
                 yield group[self.rank]
                 group = []
+        if not self.drop_uneven and self.rank < len(group):
+            yield group[self.rank]  # annotation passes must cover every record exactly once
 
     def rank_batches(self) -> Iterator[tuple[int, list[AnnotationRecord]]]:
         batch: list[AnnotationRecord] = []

@@ -1,0 +1,221 @@
+"""VideoLLM training system: AdaTaiLr pretraining, SFT and captioning in one LightningModule.
+
+The network (``components.video_llm.VideoLLM``) is built in ``configure_model`` from a named
+preset. Pretraining and SFT are the same step on different data; ``phase`` says which loss
+applies: ``pretrain`` uses AdaTaiLr with the injected Γ schedule, ``sft`` plain cross-entropy
+(the human examples are clean, nothing to discount). Validation reports caption loss and, on
+worlds whose words the synthetic lexicon knows, how often generated captions name the same
+attributes as the reference captions. ``predict_step`` captions clips for re-annotation.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_only
+
+from datamodules.annotation_sources import open_source
+from datamodules.synthetic_world.lexicon import attributes_mentioned
+from lightning_modules.components.adatailr import tailr_loss_with_stats
+from lightning_modules.components.gamma_schedules import AdaptiveGamma, GammaSchedule
+from lightning_modules.components.presets import PRESETS, build_video_llm
+from lightning_modules.components.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+from lightning_modules.components.video_llm import VideoLLM, prompt_words
+
+log = logging.getLogger(__name__)
+
+PHASES = ("pretrain", "sft")
+AGREEMENT_ATTRIBUTES = ("shape", "color", "motion", "scene")
+
+
+class VideoLLMModule(L.LightningModule):
+    """Pretrains (AdaTaiLr), fine-tunes (SFT) and runs a VideoLLM captioner."""
+
+    def __init__(
+        self,
+        preset: str = "tiny",
+        tokenizer: str | None = None,
+        tokenizer_sources: list[str] | None = None,
+        video_encoder_path: str | None = None,
+        language_model_path: str | None = None,
+        cache_dir: str | None = None,
+        num_frames: int = 8,
+        image_size: int = 32,
+        max_asr_tokens: int = 64,
+        max_caption_tokens: int = 32,
+        gamma_schedule: GammaSchedule | None = None,
+        w_min: float = 0.2,
+        phase: str = "pretrain",
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        max_new_tokens: int = 32,
+        num_beams: int = 1,
+        val_generate_batches: int = 2,
+    ) -> None:
+        """
+        Args:
+            preset: network size, one of ``tiny``, ``smol``, ``real`` (see ``components.presets``).
+            tokenizer: tokenizer folder. ``tiny``: loaded if it exists, else trained on
+                ``tokenizer_sources`` and saved there (so resumes and later rounds reuse it);
+                ``smol``/``real``: None takes the language model's own tokenizer.
+            tokenizer_sources: annotation sources (pool folder, rounds, ``.jsonl``) whose ASR and
+                captions train the ``tiny`` tokenizer.
+            video_encoder_path: ``real``: local TimeSformer checkpoint folder.
+            language_model_path: ``real``: local causal-LM checkpoint folder (e.g. Vicuna-7B).
+            cache_dir: ``smol``: where the converted SmolLM2 folder is cached.
+            num_frames: frames per clip; must match the data.
+            image_size: frame side in pixels; must match the data.
+            max_asr_tokens: transcripts are cut to this many tokens in the prompt.
+            max_caption_tokens: training captions are cut to this many tokens.
+            gamma_schedule: AdaTaiLr's Γ estimator; None = ``AdaptiveGamma()``;
+                ``ConstantGamma(0.0)`` is cross-entropy, ``ConstantGamma(γ)`` is TaiLr.
+            w_min: lower clamp of the token weights (TaiLr's usual 0.2).
+            phase: ``pretrain`` (AdaTaiLr) or ``sft`` (cross-entropy on clean human examples).
+            optimizer: optimizer factory, e.g. ``torch.optim.AdamW`` with its ``lr``.
+            scheduler: optional learning-rate scheduler factory.
+            max_new_tokens: caption length limit when generating.
+            num_beams: 1 = greedy decoding, more = beam search.
+            val_generate_batches: validation batches captioned by generation for the agreement metric.
+        """
+        super().__init__()
+        if preset not in PRESETS:
+            raise ValueError(f"model.preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        if phase not in PHASES:
+            raise ValueError(f"model.phase: must be one of {PHASES}, got {phase!r}")
+        if preset == "tiny" and tokenizer is None and not tokenizer_sources:
+            raise ValueError("model.tokenizer: preset 'tiny' needs a tokenizer folder or model.tokenizer_sources to train one")
+        for key, value in (("tokenizer_sources", tokenizer_sources or []),):
+            for path in value:
+                if not Path(path).exists():
+                    raise FileNotFoundError(f"model.{key}: {path} does not exist")
+        for key, value in (("video_encoder_path", video_encoder_path), ("language_model_path", language_model_path)):
+            if value is not None and not Path(value).exists():
+                raise FileNotFoundError(f"model.{key}: {value} does not exist")
+        self.save_hyperparameters()
+        self.gamma_schedule = gamma_schedule if gamma_schedule is not None else AdaptiveGamma()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.phase = phase
+        self.net: VideoLLM | None = None
+        self.last_gamma = 0.0
+        self.last_token_stats = None  # read by callbacks.gamma_monitor.GammaMonitor
+
+    # ---- construction -----------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.net is not None:
+            return
+        hp = self.hparams
+        self.net = build_video_llm(
+            hp.preset,
+            tokenizer=self._tiny_tokenizer() if hp.preset == "tiny" else hp.tokenizer,
+            video_encoder_path=hp.video_encoder_path,
+            language_model_path=hp.language_model_path,
+            cache_dir=hp.cache_dir,
+            image_size=hp.image_size,
+            num_frames=hp.num_frames,
+            max_asr_tokens=hp.max_asr_tokens,
+            max_caption_tokens=hp.max_caption_tokens,
+        )
+
+    def _tiny_tokenizer(self):
+        folder = self.hparams.tokenizer
+        if folder is not None and (Path(folder) / "tokenizer.json").is_file():
+            return load_tokenizer(folder)
+        texts = list(prompt_words())
+        for source in self.hparams.tokenizer_sources or []:
+            for record in open_source(source):
+                texts.append(record["asr"])
+                texts.append(record["caption"])
+        tokenizer = train_tokenizer(texts, kind="word")
+        if folder is not None:
+            _save_tokenizer_once(tokenizer, folder)
+        return tokenizer
+
+    # ---- steps --------------------------------------------------------------------------------
+    def _score(self, batch: dict[str, Any]):
+        assert self.net is not None
+        inputs = self.net.build_batch(batch["asr"], batch["caption"], padding_side="right")
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        return self.net(batch["video"], **inputs)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int):
+        if not batch["clip_id"]:
+            return None  # every clip of this batch failed to decode (counted by the DataModule)
+        out = self._score(batch)
+        gamma = self.gamma_schedule.gamma if self.phase == "pretrain" else 0.0
+        loss, stats = tailr_loss_with_stats(out.logits, out.labels, gamma, w_min=self.hparams.w_min)
+        if self.phase == "pretrain":
+            self.gamma_schedule.update(stats.mean_p, stats.num_tokens)
+        self.last_gamma, self.last_token_stats = gamma, stats
+        self.log(f"train/{self.phase}_loss", loss, prog_bar=True, batch_size=len(batch["clip_id"]))
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if not batch["clip_id"]:
+            return
+        size = len(batch["clip_id"])
+        out = self._score(batch)
+        _, stats = tailr_loss_with_stats(out.logits, out.labels, 0.0)
+        self.log("val/caption_nll", stats.nll, prog_bar=True, batch_size=size, sync_dist=True)
+        if batch_idx < self.hparams.val_generate_batches:
+            captions = self.caption(batch)
+            for attribute, agree in attribute_agreement(captions, batch["caption"]).items():
+                self.log(f"val/agreement_{attribute}", agree, batch_size=size, sync_dist=True)
+            if batch_idx == 0:
+                self._show_examples(batch["caption"][:3], captions[:3])
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, str]]:
+        captions = self.caption(batch) if batch["clip_id"] else []
+        return [{"clip_id": c, "caption": t} for c, t in zip(batch["clip_id"], captions)]
+
+    def caption(self, batch: dict[str, Any]) -> list[str]:
+        assert self.net is not None
+        return self.net.generate(
+            batch["video"], batch["asr"], max_new_tokens=self.hparams.max_new_tokens, num_beams=self.hparams.num_beams
+        )
+
+    @rank_zero_only
+    def _show_examples(self, references: list[str], generated: list[str]) -> None:
+        for ref, gen in zip(references, generated):
+            log.info("reference: %s | generated: %s", ref, gen)
+
+    # ---- optimisation and state ---------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["gamma_schedule"] = self.gamma_schedule.state_dict()
+        checkpoint["phase"] = self.phase
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "gamma_schedule" in checkpoint:
+            self.gamma_schedule.load_state_dict(checkpoint["gamma_schedule"])
+        self.phase = checkpoint.get("phase", self.phase)
+
+
+def attribute_agreement(generated: list[str], references: list[str]) -> dict[str, float]:
+    """Per attribute, the share of pairs where the generated caption names exactly the reference's values.
+
+    Only pairs whose reference names the attribute count; an attribute no reference names is left out.
+    """
+    result: dict[str, float] = {}
+    pairs = [(attributes_mentioned(g), attributes_mentioned(r)) for g, r in zip(generated, references)]
+    for attribute in AGREEMENT_ATTRIBUTES:
+        judged = [g[attribute] == r[attribute] for g, r in pairs if r[attribute]]
+        if judged:
+            result[attribute] = sum(judged) / len(judged)
+    return result
+
+
+@rank_zero_only
+def _save_tokenizer_once(tokenizer, folder: str) -> None:
+    # Every rank trains the same tokenizer from the same text; one of them writes it.
+    save_tokenizer(tokenizer, folder)
