@@ -96,7 +96,9 @@ class VideoLLMModule(L.LightningModule):
         for key, value in (("video_encoder_path", video_encoder_path), ("language_model_path", language_model_path)):
             if value is not None and not Path(value).exists():
                 raise FileNotFoundError(f"model.{key}: {value} does not exist")
-        self.save_hyperparameters()
+        # Objects stay out of the checkpoint's hparams so it loads with weights_only=True; a resumed
+        # run gets them from its config, and the schedule's state from on_load_checkpoint.
+        self.save_hyperparameters(ignore=["gamma_schedule", "optimizer", "scheduler"])
         self.gamma_schedule = gamma_schedule if gamma_schedule is not None else AdaptiveGamma()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler

@@ -1,0 +1,121 @@
+"""The VideoLLM system: CLI training, AdaTaiLr state across resume, SFT phase, bad input."""
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+import lightning as L
+from callbacks.gamma_monitor import GammaMonitor
+from datamodules.clip_datamodule import ClipCaptionDataModule
+from lightning_modules.components.gamma_schedules import AdaptiveGamma, ConstantGamma
+from lightning_modules.video_llm_module import VideoLLMModule, attribute_agreement
+from train import cli_main
+
+
+def tiny_module(world, tmp_path, **kw) -> VideoLLMModule:
+    args = dict(preset="tiny", tokenizer=str(tmp_path / "tok"), tokenizer_sources=[str(world / "pool")],
+                num_frames=4, image_size=32, max_new_tokens=12)
+    args.update(kw)
+    return VideoLLMModule(**args)
+
+
+def tiny_data(world, **kw) -> ClipCaptionDataModule:
+    args = dict(train_source=str(world / "pool"), val_source=str(world / "pool" / "human_refined.jsonl"),
+                batch_size=8, num_workers=0, num_frames=4, image_size=32)
+    args.update(kw)
+    return ClipCaptionDataModule(**args)
+
+
+def trainer(tmp_path, name, **kw) -> L.Trainer:
+    return L.Trainer(default_root_dir=tmp_path / name, accelerator="cpu", devices=1, logger=False,
+                     enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                     limit_val_batches=1, **kw)
+
+
+def test_fit_through_the_cli_logs_gamma_and_writes_the_curve(tiny_world, tmp_path):
+    run = tmp_path / "run"
+    cli_main([
+        "fit", "--config", "configs/demo/videollm_pretrain.yaml", "--world_dir", str(tiny_world), "--run_dir", str(run),
+        "--trainer.max_steps", "6", "--trainer.max_epochs", "1", "--data.init_args.num_workers", "0",
+        "--data.init_args.batch_size", "4", "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "3",
+        "--trainer.enable_progress_bar", "false",
+    ])
+    curve = (run / "gamma_curve.csv").read_text().splitlines()
+    assert curve[0] == "step,gamma,mean_p,mean_weight,clamped_fraction,nll" and len(curve) == 7
+    assert (run / "tokenizer" / "tokenizer.json").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"adatailr/gamma", "adatailr/mean_p", "adatailr/mean_weight", "adatailr/clamped_fraction", "adatailr/nll",
+            "train/pretrain_loss", "val/caption_nll", "data/skipped_clips"} <= tags
+
+
+def test_gamma_state_and_monitor_history_survive_resume(tiny_world, tmp_path):
+    schedule = dict(lam=3.0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=3, save_top_k=-1)
+    first, monitor = tiny_module(tiny_world, tmp_path, gamma_schedule=AdaptiveGamma(**schedule)), GammaMonitor()
+    trainer(tmp_path, "a", max_steps=3, callbacks=[ckpt, monitor]).fit(first, datamodule=tiny_data(tiny_world))
+    path = next((tmp_path / "ck").glob("*.ckpt"))
+    saved = torch.load(path, weights_only=False)
+    assert saved["gamma_schedule"]["step"] == 3 and saved["gamma_schedule"]["ema"] > 0
+
+    second, second_monitor = tiny_module(tiny_world, tmp_path, gamma_schedule=AdaptiveGamma(**schedule)), GammaMonitor()
+    trainer(tmp_path, "b", max_steps=5, callbacks=[second_monitor]).fit(second, datamodule=tiny_data(tiny_world), ckpt_path=path)
+    assert second.gamma_schedule.step == 5
+    assert [r["step"] for r in second_monitor.history] == [1, 2, 3, 4, 5]
+    assert second_monitor.history[:3] == monitor.history
+    gammas = [r["gamma"] for r in second_monitor.history]
+    assert gammas[0] == 0.0 and gammas == sorted(gammas) and gammas[-1] > 0
+
+
+def test_sft_phase_is_plain_cross_entropy_and_leaves_gamma_alone(tiny_world, tmp_path):
+    module = tiny_module(tiny_world, tmp_path, phase="sft", gamma_schedule=AdaptiveGamma(lam=5.0))
+    monitor = GammaMonitor()
+    trainer(tmp_path, "sft", max_steps=2, callbacks=[monitor]).fit(module, datamodule=tiny_data(tiny_world))
+    assert module.gamma_schedule.step == 0
+    assert all(r["gamma"] == 0.0 and r["mean_weight"] == pytest.approx(1.0) for r in monitor.history)
+
+
+def test_constant_gamma_is_tailr(tiny_world, tmp_path):
+    module = tiny_module(tiny_world, tmp_path, gamma_schedule=ConstantGamma(0.5))
+    monitor = GammaMonitor()
+    trainer(tmp_path, "c", max_steps=2, callbacks=[monitor]).fit(module, datamodule=tiny_data(tiny_world))
+    assert [r["gamma"] for r in monitor.history] == [0.5, 0.5]
+    assert all(r["mean_weight"] < 1.0 for r in monitor.history)
+
+
+def test_predict_captions_every_clip_once(tiny_world, tmp_path):
+    module = tiny_module(tiny_world, tmp_path)
+    data = tiny_data(tiny_world, val_fraction=0.0, val_source=None)
+    out = [p for batch in trainer(tmp_path, "p").predict(module, datamodule=data) for p in batch]
+    ids = [p["clip_id"] for p in out]
+    from datamodules.annotation_sources import open_source
+
+    assert sorted(ids) == sorted(r["clip_id"] for r in open_source(tiny_world / "pool"))
+    assert all(isinstance(p["caption"], str) for p in out)
+
+
+def test_bad_configuration_names_the_key(tiny_world, tmp_path):
+    with pytest.raises(ValueError, match="model.preset: unknown preset 'huge'"):
+        VideoLLMModule(preset="huge", tokenizer_sources=[str(tiny_world / "pool")])
+    with pytest.raises(FileNotFoundError, match="model.language_model_path: /nowhere/vicuna"):
+        VideoLLMModule(preset="real", video_encoder_path=str(tmp_path), language_model_path="/nowhere/vicuna")
+    with pytest.raises(FileNotFoundError, match="model.tokenizer_sources: .*missing.jsonl"):
+        VideoLLMModule(tokenizer_sources=[str(tmp_path / "missing.jsonl")])
+    with pytest.raises(ValueError, match="model.tokenizer: preset 'tiny' needs"):
+        VideoLLMModule(preset="tiny")
+    with pytest.raises(ValueError, match="model.phase"):
+        VideoLLMModule(tokenizer_sources=[str(tiny_world / "pool")], phase="finetune")
+
+
+def test_attribute_agreement_counts_only_judged_attributes():
+    generated = ["a red ball moves left", "a blue box rises", "hello"]
+    references = ["a crimson circle slides leftward on the beach", "a blue cube falls", "a green star"]
+    agree = attribute_agreement(generated, references)
+    assert agree["color"] == pytest.approx(2 / 3)  # red=crimson, blue=blue, silent≠green
+    assert agree["shape"] == pytest.approx(2 / 3)
+    assert agree["motion"] == pytest.approx(1 / 2)  # only two references name a motion
+    assert agree["scene"] == 0.0
