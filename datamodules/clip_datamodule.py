@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.data import AttributeDict
 from torch.utils.data import DataLoader
 
 from datamodules.annotation_sources import open_source
@@ -83,8 +84,16 @@ class ClipCaptionDataModule(L.LightningDataModule):
         """
         super().__init__()
         self.save_hyperparameters()
+        # Our own record of the arguments: under LightningCLI, ``hparams`` holds what the CLI
+        # was given for the concrete class (a subclass's arguments), not these.
+        self.opts = AttributeDict(
+            train_source=train_source, val_source=val_source, predict_source=predict_source,
+            exclude_clips=exclude_clips, video_root=video_root, val_fraction=val_fraction,
+            batch_size=batch_size, num_workers=num_workers, num_frames=num_frames, image_size=image_size,
+            shuffle_buffer_size=shuffle_buffer_size, seed=seed, backend=backend,
+        )
         for name in ("train_source", "val_source", "predict_source", "video_root"):
-            value = getattr(self.hparams, name)
+            value = self.opts[name]
             if value is not None and not Path(value).exists():
                 raise FileNotFoundError(f"data.{name}: {value} does not exist")
         self.epoch = 0
@@ -94,7 +103,7 @@ class ClipCaptionDataModule(L.LightningDataModule):
 
     # ---- datasets -------------------------------------------------------------------------
     def _stream(self, source: str, train: bool, keep, drop_uneven: bool = True) -> ClipStream:
-        hp = self.hparams
+        hp = self.opts
         root = hp.video_root or open_source(source).video_root
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self._trainer_attached() else (0, 1)
         return ClipStream(
@@ -119,16 +128,16 @@ class ClipCaptionDataModule(L.LightningDataModule):
         return getattr(self, "trainer", None) is not None
 
     def _split_filter(self, want_val: bool):
-        if self.hparams.val_source is not None or self.hparams.val_fraction <= 0:
+        if self.opts.val_source is not None or self.opts.val_fraction <= 0:
             return None
-        return functools.partial(_keep_split, val_fraction=self.hparams.val_fraction, want_val=want_val)
+        return functools.partial(_keep_split, val_fraction=self.opts.val_fraction, want_val=want_val)
 
     def train_dataloader(self) -> ResumableLoader:
-        stream = self._stream(self.hparams.train_source, train=True, keep=self._split_filter(want_val=False))
+        stream = self._stream(self.opts.train_source, train=True, keep=self._split_filter(want_val=False))
         return self._loader(stream, self._train_position)
 
     def val_dataloader(self) -> ResumableLoader | list:
-        hp = self.hparams
+        hp = self.opts
         if hp.val_source is None and hp.val_fraction <= 0:
             return []
         source = hp.val_source or hp.train_source
@@ -136,15 +145,15 @@ class ClipCaptionDataModule(L.LightningDataModule):
         return self._loader(stream, lambda: (0, 0))
 
     def predict_dataloader(self) -> ResumableLoader:
-        source = self.hparams.predict_source or self.hparams.train_source
+        source = self.opts.predict_source or self.opts.train_source
         keep = None
-        if self.hparams.exclude_clips is not None:
-            keep = functools.partial(_not_in, done=done_clip_ids(self.hparams.exclude_clips))
+        if self.opts.exclude_clips is not None:
+            keep = functools.partial(_not_in, done=done_clip_ids(self.opts.exclude_clips))
         stream = self._stream(source, train=False, keep=keep, drop_uneven=False)
         return self._loader(stream, lambda: (0, 0))
 
     def _loader(self, stream: ClipStream, position_fn) -> ResumableLoader:
-        workers = self.hparams.num_workers
+        workers = self.opts.num_workers
         # Workers start from a fork server, not by forking this process: a fork taken while
         # decoder or OpenMP threads hold locks can deadlock the child (seen in our test suite).
         return ResumableLoader(

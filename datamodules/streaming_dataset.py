@@ -62,7 +62,7 @@ def in_split(clip_id: str, val_fraction: float, want_val: bool) -> bool:
 
 
 class ClipStream(IterableDataset):
-    """Yields collated batches of ``{video, clip_id, caption, asr, …}`` from an annotation source.
+    """Yields collated batches of ``{video, clip_id, caption, asr, video_path, start, end, …}``.
 
     Use with ``DataLoader(dataset, batch_size=None)``: batching happens here, so that the batch
     numbering, and with it resume, does not depend on the number of workers.
@@ -143,7 +143,7 @@ class ClipStream(IterableDataset):
             yield self.decode_batch(index, records)
 
     def decode_batch(self, index: int, records: list[AnnotationRecord]) -> dict[str, Any]:
-        videos, kept, skipped_files = [], [], []
+        videos, kept, skipped_files, skipped_clips = [], [], [], []
         for position, record in enumerate(records):
             path = Path(record["video_path"])
             path = path if path.is_absolute() else self.video_root / path
@@ -159,6 +159,7 @@ class ClipStream(IterableDataset):
             except VideoDecodeError as e:
                 log.warning("skipping clip %s: %s", record["clip_id"], e)
                 skipped_files.append(str(path))
+                skipped_clips.append(record["clip_id"])
                 continue
             if self.transform is not None:
                 # Crops draw from torch's global RNG: seed a private copy so that augmentation,
@@ -174,8 +175,12 @@ class ClipStream(IterableDataset):
             "clip_id": [r["clip_id"] for r in kept],
             "caption": [r["caption"] for r in kept],
             "asr": [r["asr"] for r in kept],
+            "video_path": [r["video_path"] for r in kept],
+            "start": [r["start"] for r in kept],
+            "end": [r["end"] for r in kept],
             "epoch": self.epoch,
             "batch_index": index,
             "skipped": len(skipped_files),
             "skipped_files": skipped_files,
+            "skipped_clips": skipped_clips,
         }
