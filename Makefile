@@ -37,8 +37,19 @@ world: $(STAMP)
 	@if [ -f $(WORLD)/world.json ]; then echo "synthetic world present in $(WORLD)"; \
 	else $(PY) -m datamodules.synthetic_world --out $(WORLD) --num-videos 200 --seed 0; fi
 
+# The main job on the synthetic world. Each stage is skipped when its output exists, so an
+# interrupted demo continues where it stopped (`make clean` starts over).
 demo: world
-	$(PY) train.py fit --config configs/demo/pool_smoke.yaml
+	@test -f $(RUN)/ilm/checkpoints/last.ckpt || $(PY) train.py fit --config configs/demo/ilm_pretrain.yaml
+	@test -f $(RUN)/merger_sft/model/config.json || $(PY) train.py fit --config configs/demo/merger_sft.yaml
+	@test -f $(RUN)/annotations/round_000/manifest.json || $(PY) train.py predict --config configs/demo/initial_refine.yaml
+	@if [ ! -f $(RUN)/annotations/round_002/manifest.json ]; then \
+		if [ -f $(RUN)/checkpoints/flywheel/last.ckpt ]; then \
+			$(PY) train.py fit --config configs/demo/flywheel.yaml --ckpt_path $(RUN)/checkpoints/flywheel/last.ckpt; \
+		else $(PY) train.py fit --config configs/demo/flywheel.yaml; fi; fi
+	$(PY) -m evaluation.dataset_report --rounds $(WORLD)/pool $(RUN)/annotations/round_000 \
+		$(RUN)/annotations/round_001 $(RUN)/annotations/round_002 \
+		--ground-truth $(WORLD)/ground_truth.jsonl --out $(RUN)/report --log-dir $(RUN)/flywheel
 
 clean:
-	rm -rf runs lightning_logs
+	rm -rf $(RUN) lightning_logs

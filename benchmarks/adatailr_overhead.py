@@ -14,6 +14,7 @@ Run by hand:
 
     python benchmarks/adatailr_overhead.py [--batch 8 --seq 256 --hidden 576 --vocab 8192]
     python benchmarks/adatailr_overhead.py --loss-only   # the loss on fixed logits, no head
+    python benchmarks/adatailr_overhead.py --videollm --batch 16   # the whole tiny VideoLLM step
 
 To measure another model, write a function like ``head_cases`` that returns ``Case``s (a name
 and a step closure over the model and data) and pass them to ``measure``; the timing loop and
@@ -89,6 +90,38 @@ def head_cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
     return [Case("cross_entropy", run(ce)), Case("tailr", run(tailr)), Case("adatailr", run(adatailr))]
 
 
+def videollm_cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
+    """The whole VideoLLM training step (tiny preset): encoder, connector, LM, loss, backward."""
+    from lightning_modules.components.presets import build_video_llm
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    words = [f"w{i}" for i in range(200)]
+    captions = [" ".join(words[(7 * i + j) % 200] for j in range(12)) for i in range(args.batch)]
+    asrs = [" ".join(words[(3 * i + j) % 200] for j in range(20)) for i in range(args.batch)]
+    net = build_video_llm("tiny", tokenizer_texts=captions + asrs).to(device)
+    video = torch.randn(args.batch, 8, 3, 32, 32, generator=g).to(device)
+    batch = {k: v.to(device) for k, v in net.build_batch(asrs, captions).items()}
+    estimator = AdaptiveGamma(lam=args.lam)
+
+    def run(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+        def step() -> None:
+            net.zero_grad(set_to_none=True)
+            out = net(video, **batch)
+            loss_fn(out.logits, out.labels).backward()
+
+        return step
+
+    def ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
+
+    def adatailr(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        loss, stats = tailr_loss_with_stats(logits, labels, estimator.gamma, w_min=0.2)
+        estimator.update(stats.mean_p, stats.num_tokens)
+        return loss
+
+    return [Case("cross_entropy", run(ce)), Case("adatailr", run(adatailr))]
+
+
 def measure(cases: list[Case], repeats: int, warmup: int, device: torch.device) -> dict[str, list[float]]:
     for case in cases:
         for _ in range(warmup):
@@ -115,20 +148,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--loss-only", action="store_true", help="time the loss on fixed logits only")
+    p.add_argument("--videollm", action="store_true",
+                   help="time the whole tiny-preset VideoLLM training step (uses --batch; ignores the head sizes)")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
-    cases = head_cases(args, device)
+    cases = videollm_cases(args, device) if args.videollm else head_cases(args, device)
     times = measure(cases, args.repeats, args.warmup, device)
     base = statistics.median(times[cases[0].name])
     base_min = min(times[cases[0].name])
-    print(
-        f"device={device} dtype={args.dtype} B={args.batch} T={args.seq} H={args.hidden} "
-        f"V={args.vocab} loss_only={args.loss_only} repeats={args.repeats} "
-        f"threads={torch.get_num_threads()}"
-    )
+    shape = "tiny VideoLLM step" if args.videollm else f"T={args.seq} H={args.hidden} V={args.vocab} loss_only={args.loss_only}"
+    print(f"device={device} dtype={args.dtype} B={args.batch} {shape} repeats={args.repeats} threads={torch.get_num_threads()}")
     for case in cases:
         med, best = statistics.median(times[case.name]), min(times[case.name])
         print(

@@ -11,8 +11,8 @@ CONFIGS = sorted(Path("configs").rglob("*.yaml"))
 
 
 def subcommand_of(config: Path) -> str:
-    """Each config's header names the command it is for: ``python train.py <sub> --config …``."""
-    match = re.search(r"train\.py (fit|validate|test|predict)\b", config.read_text())
+    """Each config's header names the command it is for: ``python train.py <sub> --config <this file>``."""
+    match = re.search(rf"train\.py (fit|validate|test|predict) --config {re.escape(str(config))}\b", config.read_text())
     assert match, f"{config}: header must show the command it is for"
     return match.group(1)
 
