@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import time
-import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -47,30 +46,11 @@ from datamodules.annotation_store import (
     round_dir,
     write_manifest,
 )
-from datamodules.synthetic_world.lexicon import tokenize
+from datamodules.caption_checks import FAILURE_REASONS, caption_failure
 
 log = logging.getLogger(__name__)
 
-FAILURE_REASONS = ("empty", "repetitive", "too_long", "wrong_script")
 LOGGED_FAILURES = 20  # per rank and run: enough to see what goes wrong, bounded on a large pool
-
-
-def caption_failure(caption: str, max_words: int = 40, ngram_size: int = 2, max_ngram_repeats: int = 2,
-                    min_latin_share: float = 0.8) -> str | None:
-    """Why ``caption`` fails the sanity checks (one of ``FAILURE_REASONS``), or None if it passes."""
-    letters = [ch for ch in caption if ch.isalpha()]
-    latin = sum(1 for ch in letters if "LATIN" in unicodedata.name(ch, ""))
-    if letters and latin / len(letters) < min_latin_share:
-        return "wrong_script"
-    words = tokenize(caption)
-    if not words:
-        return "empty"
-    if len(words) > max_words:
-        return "too_long"
-    grams = Counter(tuple(words[i : i + ngram_size]) for i in range(len(words) - ngram_size + 1))
-    if grams and max(grams.values()) > max_ngram_repeats:
-        return "repetitive"
-    return None
 
 
 class AnnotationWriter(BasePredictionWriter):

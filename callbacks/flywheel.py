@@ -31,7 +31,7 @@ from datamodules.annotation_store import (
     round_dir,
     write_manifest,
 )
-from datamodules.caption_checks import caption_problem
+from datamodules.caption_checks import caption_failure
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class FlywheelCallback(L.Callback):
                 captions = module.caption(_to_device(batch, module.device)) if batch["clip_id"] else []
                 for i, clip_id in enumerate(batch["clip_id"]):
                     caption = " ".join(captions[i].split())
-                    problem = caption_problem(caption, max_words=self.max_caption_words)
+                    problem = caption_failure(caption, max_words=self.max_caption_words)
                     if problem is not None:
                         stats["failures"][problem] = stats["failures"].get(problem, 0) + 1
                         caption = previous.get(clip_id, batch["asr"][i])

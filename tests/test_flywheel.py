@@ -12,7 +12,7 @@ import pytest
 
 from datamodules.annotation_sources import open_source
 from datamodules.annotation_store import RoundReader, ShardWriter, round_dir, write_manifest
-from datamodules.caption_checks import caption_problem
+from datamodules.caption_checks import caption_failure
 from datamodules.flywheel_schedule import FlywheelSchedule
 from train import cli_main
 
@@ -48,12 +48,12 @@ def test_schedule_maps_epochs_to_rounds_and_phases():
 
 
 @pytest.mark.parametrize("caption, problem", [
-    ("", "empty"), ("   ", "empty"), ("...", "not_text"), ("a red ball moves left", None),
+    ("", "empty"), ("   ", "empty"), ("...", "empty"), ("это кот", "wrong_script"), ("a red ball moves left", None),
     ("the the the the ball", "repetitive"), ("a red ball a red ball a red ball a red ball", "repetitive"),
     (" ".join(["word"] * 2 + [f"w{i}" for i in range(60)]), "too_long"),
 ])
 def test_caption_checks(caption, problem):
-    assert caption_problem(caption, max_words=40) == problem
+    assert caption_failure(caption, max_words=40) == problem
 
 
 def test_flywheel_writes_every_round_with_one_record_per_clip(tiny_world, tmp_path):
