@@ -394,7 +394,7 @@ class DualEncoder(L.LightningModule):
     # ---- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):
         decay, no_decay = [], []
-        for name, p in self.named_parameters():
+        for p in self.parameters():
             if not p.requires_grad:
                 continue
             (decay if p.ndim >= 2 else no_decay).append(p)

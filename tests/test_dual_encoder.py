@@ -68,39 +68,41 @@ def test_gather_is_identity_on_one_process():
 
 GATHER_CASES = ([3, 3], [5, 2], [0, 4])  # rows per rank: equal, unequal, one rank empty
 
+# One gloo rank: embeds its share of each case, gathers with local gradients, averages the
+# gradients over ranks as DDP does. Run as a plain script, so that it imports only torch.
+GATHER_WORKER = """
+import os, sys, torch, torch.distributed as dist, torch.nn.functional as F
+from lightning_modules.components.contrastive import gather_with_local_grad, symmetric_infonce
+rank, world, out = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), sys.argv[1]
+dist.init_process_group("gloo", rank=rank, world_size=world)
+results = []
+for sizes in {cases}:
+    torch.manual_seed(sum(sizes))
+    net, scale = torch.nn.Linear(5, 4), torch.nn.Parameter(torch.tensor(2.0))
+    data = torch.randn(sum(sizes), 2, 5)
+    start = sum(sizes[:rank])
+    local = data[start:start + sizes[rank]]
+    text, offset = gather_with_local_grad(F.normalize(net(local[:, 0]), dim=-1))
+    video, _ = gather_with_local_grad(F.normalize(net(local[:, 1]), dim=-1))
+    assert offset == start
+    loss, _ = symmetric_infonce(text, video, scale)
+    loss.backward()
+    grads = [p.grad.clone() for p in (*net.parameters(), scale)]
+    for g in grads:
+        dist.all_reduce(g)
+        g /= world
+    results.append({{"loss": loss.detach(), "grads": grads}})
+if rank == 0:
+    torch.save(results, out)
+dist.destroy_process_group()
+"""
+
 
 def _case_data(sizes: list[int]):
     torch.manual_seed(sum(sizes))
     net = torch.nn.Linear(5, 4)  # the same weights on every rank
     scale = torch.nn.Parameter(torch.tensor(2.0))
     return net, scale, torch.randn(sum(sizes), 2, 5)
-
-
-def _gather_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    results = []
-    for sizes in GATHER_CASES:
-        net, scale, data = _case_data(sizes)
-        start = sum(sizes[:rank])
-        local = data[start:start + sizes[rank]]
-        text = F.normalize(net(local[:, 0]), dim=-1)
-        video = F.normalize(net(local[:, 1]), dim=-1)
-        all_text, offset = gather_with_local_grad(text)
-        all_video, _ = gather_with_local_grad(video)
-        assert offset == start
-        loss, _ = symmetric_infonce(all_text, all_video, scale)
-        loss.backward()
-        grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in (*net.parameters(), scale)]
-        for g in grads:  # what DDP does: average the gradients over ranks
-            dist.all_reduce(g)
-            g /= world
-        results.append({"loss": loss.detach(), "grads": grads})
-    if rank == 0:
-        torch.save(results, Path(out_dir) / "dist.pt")
-    dist.destroy_process_group()
 
 
 def _free_port() -> int:
@@ -112,8 +114,13 @@ def _free_port() -> int:
 @pytest.mark.distributed
 def test_gathered_loss_gives_the_global_batch_gradient_on_two_processes(tmp_path):
     """Two gloo ranks with local-grad gathering + DDP averaging == one process on the whole batch."""
-    torch.multiprocessing.spawn(_gather_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
-    results = torch.load(tmp_path / "dist.pt")
+    out = tmp_path / "dist.pt"
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2",
+               PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    code = GATHER_WORKER.format(cases=list(GATHER_CASES))
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(out)], env=dict(env, RANK=str(r))) for r in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    results = torch.load(out)
     for sizes, result in zip(GATHER_CASES, results):
         net, scale, data = _case_data(sizes)
         text, video = F.normalize(net(data[:, 0]), dim=-1), F.normalize(net(data[:, 1]), dim=-1)
@@ -390,10 +397,10 @@ def test_two_process_ddp_fit_and_test_match_one_process(tiny_world, tmp_path):
     assert ckpt.is_file()
     run("test", "--config", str(MSRVTT_CONFIG), *args, *ddp, "--ckpt_path", str(ckpt),
         "--trainer.logger.init_args.save_dir", "ddp_test")
-    run("test", "--config", str(MSRVTT_CONFIG), *args, "--ckpt_path", str(ckpt),
-        "--trainer.logger.init_args.save_dir", "one_test")
+    one_process = cli_main(["test", "--config", str(MSRVTT_CONFIG), *args, "--ckpt_path", str(ckpt),
+                            "--trainer.logger.init_args.save_dir", str(tmp_path / "one_test")])
     two = json.loads((tmp_path / "ddp_test" / "msrvtt" / "version_0" / "metrics.json").read_text())
-    one = json.loads((tmp_path / "one_test" / "msrvtt" / "version_0" / "metrics.json").read_text())
+    one = json.loads((Path(one_process.trainer.log_dir) / "metrics.json").read_text())
     assert two["num_queries"] == one["num_queries"] == len(rows) - 1 and two["num_missing_videos"] == 1
     ranks = list(csv.DictReader(open(tmp_path / "ddp_test" / "msrvtt" / "version_0" / "ranks.csv")))
     assert [r["video_id"] for r in ranks] == [r["video_id"] for r in rows[1:]]

@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.components.text_encoder import TextEncoder
-from lightning_modules.components.video_encoder import VideoEncoder
+if TYPE_CHECKING:  # only annotations: the loss and the gathering import nothing but torch
+    from lightning_modules.components.text_encoder import TextEncoder
+    from lightning_modules.components.video_encoder import VideoEncoder
 
 __all__ = [
     "world_info",
