@@ -187,7 +187,8 @@ class ImageCaptionDataModule(L.LightningDataModule):
         scale = tuple(hp.crop_scale)
         train_tf = build_video_transform(hp.image_size, train=True, crop_scale=scale, hflip=hp.hflip)
         self.train_set = ImageCaptionDataset(train, root, train_tf, cache=hp.cache_images)
-        self.val_set = ImageCaptionDataset(val, root, build_video_transform(hp.image_size, train=False), cache=hp.cache_images)
+        eval_tf = build_video_transform(hp.image_size, train=False)
+        self.val_set = ImageCaptionDataset(val, root, eval_tf, cache=hp.cache_images)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

@@ -4,9 +4,9 @@ Each example is a pool clip a person captioned (``<world>/pool/human_refined.jso
 input is what the refiner will see at prediction time, the image captioner's captions of K
 frames of that clip plus its ASR transcript, put into the merge prompt
 (``components.caption_merger``); the target is the human caption. The loss is cross-entropy
-on the target tokens (and the closing eos) only. Only the top ``trainable_layers`` decoder
-blocks (and the final norm) learn; the rest of the LLM and the image captioner stay frozen,
-which keeps a CPU run to a few minutes and the model close to its instruction tuning.
+on the target tokens (and the closing eos) only. The image captioner stays frozen; the LLM
+learns whole by default, or only its top ``trainable_layers`` decoder blocks (and the final
+norm), which is cheaper. The prompt head every example shares runs once per batch.
 
 At the end of ``fit`` rank 0 saves the tuned LLM, its tokenizer and the prompt settings as a
 local HF folder (``output_dir``), written to a temporary folder and renamed into place; point
@@ -52,7 +52,7 @@ class MergerSFTModule(L.LightningModule):
         cache_dir: str | None = None,
         output_dir: str | None = None,
         frames_per_clip: int = 3,
-        trainable_layers: int = 8,
+        trainable_layers: int = -1,
         instruction: str = MERGE_INSTRUCTION,
         system: str | None = MERGE_SYSTEM,
         use_chat_template: bool | None = None,
@@ -74,7 +74,7 @@ class MergerSFTModule(L.LightningModule):
             cache_dir: where the converted SmolLM2 folder is cached.
             output_dir: where the tuned HF folder is saved at the end of ``fit`` (None: not saved).
             frames_per_clip: K frames captioned per clip; use the refiner's value.
-            trainable_layers: top decoder blocks that learn; -1 = the whole LLM.
+            trainable_layers: top decoder blocks that learn (with the final norm); -1 = the whole LLM.
             instruction: merge instruction; the refiner must use the same (saved with the folder).
             system: system message for chat-template LLMs.
             use_chat_template: None = whenever the tokenizer has one.
@@ -93,6 +93,8 @@ class MergerSFTModule(L.LightningModule):
         for key, value in (("ilm_path", ilm_path), ("ilm_tokenizer", ilm_tokenizer), ("base_model_path", base_model_path)):
             if value is not None and not Path(value).exists():
                 raise FileNotFoundError(f"model.{key}: {value} does not exist")
+        if trainable_layers == 0:
+            raise ValueError("model.trainable_layers: 0 would train nothing; use a positive count or -1 for all")
         self.save_hyperparameters()
         self.optimizer_factory = optimizer
         self.captioner: torch.nn.Module | None = None
@@ -183,10 +185,10 @@ def freeze_below(model: torch.nn.Module, trainable_layers: int) -> None:
     if layers is None:
         raise ValueError(f"model.trainable_layers: cannot find the decoder blocks of {type(model).__name__}; use -1")
     model.requires_grad_(False)
-    for block in list(layers)[len(layers) - trainable_layers :] if trainable_layers else []:
+    for block in list(layers)[-trainable_layers:]:
         block.requires_grad_(True)
     norm = getattr(model.get_decoder(), "norm", None)
-    if norm is not None and trainable_layers > 0:
+    if norm is not None:
         norm.requires_grad_(True)
 
 

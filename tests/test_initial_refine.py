@@ -9,7 +9,11 @@ the test marked ``slow``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -40,7 +44,8 @@ from lightning_modules.initial_refiner import InitialRefinerModule, uniform_fram
 from lightning_modules.merger_sft import MergerSFTModule
 from train import cli_main
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" / "demo"
 WORDS = ("a the big small red blue green yellow circle square star cross ring triangle moves left right up down "
          "in kitchen forest beach snow city night desert underwater frames transcript caption").split()
 
@@ -148,7 +153,8 @@ def test_prompt_plain_and_chat_template(tiny_lm_dir):
                          "{% if add_generation_prompt %}<assistant>{% endif %}")
     chat = CaptionMerger(lm, tok, instruction="I.", system="S.")
     assert chat.use_chat_template
-    assert chat.prompt(["a red ball."], "hi") == "<system>S.</s><user>I.\nFrames:\n- a red ball.\nTranscript: hi</s><assistant>"
+    expected = "<system>S.</s><user>I.\nFrames:\n- a red ball.\nTranscript: hi</s><assistant>"
+    assert chat.prompt(["a red ball."], "hi") == expected
 
 
 def test_sft_batch_supervises_only_target_and_eos(tiny_lm_dir):
@@ -406,3 +412,23 @@ def test_refiner_with_smollm2_writes_sentences(tiny_world, ilm_run, tmp_path):
     assert len(records) == 8
     refined = [r["caption"] for r in records if r["source"] == "initial_refiner"]
     assert refined and all(c.endswith(".") and "\n" not in c and "<|" not in c for c in refined)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_process_round_has_one_shard_per_rank_and_every_clip_once(tiny_world, ilm_run, tiny_lm_dir, tmp_path):
+    """predict with DDP on 2 CPU processes: the writer's gather and barriers, rank 0's manifest."""
+    run = tmp_path / "run"
+    shutil.copytree(ilm_run / "ilm", run / "ilm")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, MASTER_PORT=str(port), PYTHONPATH=str(ROOT))
+    args = refine_args(tiny_world, run, tiny_lm_dir, "--trainer.strategy", "ddp", "--trainer.devices", "2")
+    subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env, check=True,
+                   capture_output=True, text=True, timeout=300)
+    manifest = read_manifest(round_dir(run, 0))
+    assert manifest["parts"] == ["part-00000.jsonl", "part-00001.jsonl"] and manifest["num_ranks"] == 2
+    ids = pool_clip_ids(tiny_world)
+    assert sorted(r["clip_id"] for r in RoundReader(round_dir(run, 0))) == sorted(ids)
+    assert manifest["records"] == manifest["written_this_run"] == len(ids)

@@ -188,7 +188,8 @@ class StopAtSentenceEnd(StoppingCriteria):
     byte-level vocabularies.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_length: int, marks: Sequence[str] = (".", "!", "?", "\n")) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_length: int,
+                 marks: Sequence[str] = (".", "!", "?", "\n")) -> None:
         self.tokenizer = tokenizer
         self.prompt_length = prompt_length
         self.marks = tuple(marks)
@@ -243,8 +244,9 @@ class CaptionMerger(nn.Module):
         self.tokenizer = tokenizer
         self.instruction = instruction
         self.system = system
-        self.use_chat_template = bool(getattr(tokenizer, "chat_template", None)) if use_chat_template is None else use_chat_template
-        if self.use_chat_template and not getattr(tokenizer, "chat_template", None):
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        self.use_chat_template = has_template if use_chat_template is None else use_chat_template
+        if self.use_chat_template and not has_template:
             raise ValueError("use_chat_template=True but the merge LLM's tokenizer has no chat template")
         self.dedupe_frames = dedupe_frames
         self.max_asr_words = max_asr_words
@@ -393,7 +395,8 @@ class CaptionMerger(nn.Module):
                 masks = [[0] * (width - len(r)) + [1] * (len(head) + len(r)) for r in rest]
             input_ids = torch.tensor(rows, device=device)
             if self.no_repeat_ngram > 0:
-                kwargs["logits_processor"] = LogitsProcessorList([NoRepeatInCaption(self.no_repeat_ngram, input_ids.shape[1])])
+                no_repeat = NoRepeatInCaption(self.no_repeat_ngram, input_ids.shape[1])
+                kwargs["logits_processor"] = LogitsProcessorList([no_repeat])
             if self.stop_at_sentence_end:
                 kwargs["stopping_criteria"] = StoppingCriteriaList([StopAtSentenceEnd(self.tokenizer, input_ids.shape[1])])
             out = self.language_model.generate(
