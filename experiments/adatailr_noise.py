@@ -48,13 +48,15 @@ def corrupt(caption: str, objects: list[dict], rng: random.Random) -> str:
     return caption
 
 
-def build_sets(world: Path, out: Path, noise: float, seed: int) -> tuple[Path, Path, int]:
+def build_sets(world: Path, out: Path, noise: float, seed: int, transcripts: bool = True) -> tuple[Path, Path, int]:
     truth = {obj["clip_id"]: obj for _, obj in GroundTruthFile(world / "ground_truth.jsonl").lines() if obj["split"] == "pool"}
     rng = random.Random(seed)
     train, held, corrupted = [], [], 0
     for record in open_source(world / "pool"):
         gt = truth[record["clip_id"]]
         clean = dict(record, caption=gt["caption"], source="experiment")
+        if not transcripts:  # video-only captioning: nothing to copy from the transcript
+            clean["asr"] = ""
         if zlib.crc32(gt["video_id"].encode()) % 5 == 0:
             held.append(clean)
         elif rng.random() < noise:
@@ -71,15 +73,27 @@ def build_sets(world: Path, out: Path, noise: float, seed: int) -> tuple[Path, P
     return paths[0], paths[1], corrupted
 
 
+def one_cycle(args, train: Path):
+    """OneCycle over the whole run (10% warm-up), or None for a constant learning rate."""
+    if not args.one_cycle:
+        return None
+    batches = sum(1 for _ in train.open()) // 16 + 1
+    return lambda opt: torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=args.lr, total_steps=args.epochs * batches, pct_start=0.1
+    )
+
+
 def run(name: str, schedule, args, train: Path, held: Path, world: Path, out: Path) -> dict:
     L.seed_everything(args.seed, workers=True)
     model = VideoLLMModule(
         preset="tiny", tokenizer=str(out / "tokenizer"), tokenizer_sources=[str(train), str(world / "pool")],
+        image_size=args.image_size, conv_stem=args.conv_stem, asr_dropout=args.asr_dropout,
         gamma_schedule=schedule, w_min=0.2, optimizer=lambda p: torch.optim.AdamW(p, lr=args.lr, weight_decay=0.01),
+        scheduler=one_cycle(args, train),
     )
     data = ClipCaptionDataModule(
         train_source=str(train), predict_source=str(held), video_root=str(world / "pool"), val_fraction=0.0,
-        batch_size=16, num_workers=2, num_frames=8, image_size=32, seed=args.seed,
+        batch_size=16, num_workers=2, num_frames=8, image_size=args.image_size, seed=args.seed,
     )
     monitor = GammaMonitor()
     trainer = L.Trainer(
@@ -117,14 +131,22 @@ def main() -> None:
     parser.add_argument("--lam", type=float, default=1.0, help="AdaTaiLr's λ")
     parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise, the data order and the init")
+    parser.add_argument("--one-cycle", action="store_true", help="OneCycle learning-rate schedule instead of constant")
+    parser.add_argument("--asr-dropout", type=float, default=0.0, help="share of training transcripts left out")
+    parser.add_argument("--image-size", type=int, default=32, help="frame side in pixels")
+    parser.add_argument("--no-transcripts", action="store_true", help="blank every transcript, in training and captioning")
+    parser.add_argument("--conv-stem", action="store_true", help="convolutional patch embedding")
+    parser.add_argument("--losses", nargs="+", choices=("cross_entropy", "adatailr"), default=["cross_entropy", "adatailr"],
+                        help="which runs to make")
     args = parser.parse_args()
-    train, held, corrupted = build_sets(args.world, args.out, args.noise, args.seed)
+    train, held, corrupted = build_sets(args.world, args.out, args.noise, args.seed, transcripts=not args.no_transcripts)
     results = {"corrupted_train_captions": corrupted, "args": {k: str(v) for k, v in vars(args).items()}}
-    for name, schedule in (("cross_entropy", ConstantGamma(0.0)), ("adatailr", AdaptiveGamma(lam=args.lam))):
-        results[name] = run(name, schedule, args, train, held, args.world, args.out)
+    schedules = {"cross_entropy": ConstantGamma(0.0), "adatailr": AdaptiveGamma(lam=args.lam)}
+    for name in args.losses:
+        results[name] = run(name, schedules[name], args, train, held, args.world, args.out)
     atomic_write_json(args.out / "results.json", results)
     print(f"{'loss':15s} " + " ".join(f"{a:>7s}" for a in ("shape", "color", "motion", "scene", "mean")) + "  Γ first→last")
-    for name in ("cross_entropy", "adatailr"):
+    for name in args.losses:
         acc = results[name]["attr_accuracy"]
         g = results[name]["gamma_first_last"]
         print(f"{name:15s} " + " ".join(f"{acc[a]:7.3f}" for a in ("shape", "color", "motion", "scene", "mean"))

@@ -46,15 +46,18 @@ class VideoLLMModule(L.LightningModule):
         cache_dir: str | None = None,
         num_frames: int = 8,
         image_size: int = 32,
+        conv_stem: bool = False,
         max_asr_tokens: int = 64,
         max_caption_tokens: int = 32,
         gamma_schedule: GammaSchedule | None = None,
         w_min: float = 0.2,
         phase: str = "pretrain",
+        asr_dropout: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         max_new_tokens: int = 32,
         num_beams: int = 1,
+        no_repeat_ngram_size: int = 3,
         val_generate_batches: int = 2,
     ) -> None:
         """
@@ -70,16 +73,22 @@ class VideoLLMModule(L.LightningModule):
             cache_dir: ``smol``: where the converted SmolLM2 folder is cached.
             num_frames: frames per clip; must match the data.
             image_size: frame side in pixels; must match the data.
+            conv_stem: ``tiny``/``smol``: convolutional patch embedding (see ``components.video_encoder``).
             max_asr_tokens: transcripts are cut to this many tokens in the prompt.
             max_caption_tokens: training captions are cut to this many tokens.
             gamma_schedule: AdaTaiLr's Γ estimator; None = ``AdaptiveGamma()``;
                 ``ConstantGamma(0.0)`` is cross-entropy, ``ConstantGamma(γ)`` is TaiLr.
             w_min: lower clamp of the token weights (TaiLr's usual 0.2).
             phase: ``pretrain`` (AdaTaiLr) or ``sft`` (cross-entropy on clean human examples).
+            asr_dropout: share of training clips whose transcript is left out of the prompt. A
+                transcript often names what the caption says, so a model can learn to copy it
+                and ignore the video; dropping it forces the caption to come from the frames.
             optimizer: optimizer factory, e.g. ``torch.optim.AdamW`` with its ``lr``.
             scheduler: optional learning-rate scheduler factory.
             max_new_tokens: caption length limit when generating.
             num_beams: 1 = greedy decoding, more = beam search.
+            no_repeat_ngram_size: no n-gram of this size is generated twice in a caption (0 = off):
+                small greedy decoders otherwise loop ("moves left moves left …").
             val_generate_batches: validation batches captioned by generation for the agreement metric.
         """
         super().__init__()
@@ -87,6 +96,8 @@ class VideoLLMModule(L.LightningModule):
             raise ValueError(f"model.preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
         if phase not in PHASES:
             raise ValueError(f"model.phase: must be one of {PHASES}, got {phase!r}")
+        if not 0.0 <= asr_dropout <= 1.0:
+            raise ValueError(f"model.asr_dropout: must be in [0, 1], got {asr_dropout}")
         if preset == "tiny" and tokenizer is None and not tokenizer_sources:
             raise ValueError("model.tokenizer: preset 'tiny' needs a tokenizer folder or model.tokenizer_sources to train one")
         for key, value in (("tokenizer_sources", tokenizer_sources or []),):
@@ -120,6 +131,7 @@ class VideoLLMModule(L.LightningModule):
             cache_dir=hp.cache_dir,
             image_size=hp.image_size,
             num_frames=hp.num_frames,
+            conv_stem=hp.get("conv_stem", False),
             max_asr_tokens=hp.max_asr_tokens,
             max_caption_tokens=hp.max_caption_tokens,
         )
@@ -139,16 +151,17 @@ class VideoLLMModule(L.LightningModule):
         return tokenizer
 
     # ---- steps --------------------------------------------------------------------------------
-    def _score(self, batch: dict[str, Any]):
+    def _score(self, batch: dict[str, Any], asrs: list[str] | None = None):
         assert self.net is not None
-        inputs = self.net.build_batch(batch["asr"], batch["caption"], padding_side="right")
+        asrs = batch["asr"] if asrs is None else asrs
+        inputs = self.net.build_batch(asrs, batch["caption"], padding_side="right")
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         return self.net(batch["video"], **inputs)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int):
         if not batch["clip_id"]:
             return None  # every clip of this batch failed to decode (counted by the DataModule)
-        out = self._score(batch)
+        out = self._score(batch, self._drop_transcripts(batch["asr"]))
         gamma = self.gamma_schedule.gamma if self.phase == "pretrain" else 0.0
         loss, stats = tailr_loss_with_stats(out.logits, out.labels, gamma, w_min=self.hparams.w_min)
         if self.phase == "pretrain":
@@ -156,6 +169,16 @@ class VideoLLMModule(L.LightningModule):
         self.last_gamma, self.last_token_stats = gamma, stats
         self.log(f"train/{self.phase}_loss", loss, prog_bar=True, batch_size=len(batch["clip_id"]))
         return loss
+
+    def _drop_transcripts(self, asrs: list[str]) -> list[str]:
+        """Blank each transcript with probability ``asr_dropout``; the draw depends on the step only,
+        so a resumed run drops the same ones."""
+        rate = self.hparams.get("asr_dropout", 0.0)
+        if not rate:
+            return asrs
+        g = torch.Generator().manual_seed(self.global_step)
+        keep = torch.rand(len(asrs), generator=g) >= rate
+        return [a if k else "" for a, k in zip(asrs, keep.tolist())]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if not batch["clip_id"]:
@@ -177,8 +200,10 @@ class VideoLLMModule(L.LightningModule):
 
     def caption(self, batch: dict[str, Any]) -> list[str]:
         assert self.net is not None
+        hp = self.hparams
+        extra = {"no_repeat_ngram_size": hp.no_repeat_ngram_size} if hp.get("no_repeat_ngram_size") else {}
         return self.net.generate(
-            batch["video"], batch["asr"], max_new_tokens=self.hparams.max_new_tokens, num_beams=self.hparams.num_beams
+            batch["video"], batch["asr"], max_new_tokens=hp.max_new_tokens, num_beams=hp.num_beams, **extra
         )
 
     @rank_zero_only

@@ -168,10 +168,9 @@ def test_tiny_preset_learns_video_to_text(trained):
     generated = trained["model"].generate(trained["videos"], trained["asrs"], max_new_tokens=8)
     assert generated == trained["captions"], f"not fitted after {trained['steps']} steps: {generated}"
     assert trained["last_loss"] < 0.1 * trained["first_loss"]
-    # a static video (the first frame repeated) is not enough to tell directions apart
-    still = trained["videos"][:, :1].expand_as(trained["videos"]).contiguous()
-    frozen = trained["model"].generate(still, trained["asrs"], max_new_tokens=8)
-    assert frozen != trained["captions"]
+    # No check that motion (rather than where the square starts) is what it read: here the start
+    # position gives the direction away. Generalising motion to unseen clips is measured by
+    # experiments/adatailr_noise.py on the synthetic world.
 
 
 # ------------------------------------------------------------------------------ generation
@@ -267,6 +266,27 @@ def test_missing_checkpoint_paths_are_named(tmp_path):
         load_causal_lm(missing)
     with pytest.raises(FileNotFoundError, match="no_such_checkpoint"):
         VideoEncoder(checkpoint=missing)
+
+
+@pytest.mark.parametrize("patch, image", [(8, 32), (4, 32), (8, 64)])
+def test_conv_stem_reaches_the_patch_grid(patch, image):
+    """The convolutional stem replaces the patch projection without changing the token layout."""
+    config = tiny_timesformer_config(patch_size=patch, image_size=image, num_frames=4)
+    linear = VideoEncoder(config=config, pool_grid=None)
+    stem = VideoEncoder(config=config, pool_grid=None, conv_stem=True)
+    video = torch.randn(2, 4, 3, image, image)
+    assert stem(video).shape == linear(video).shape == (2, 1 + 4 * (image // patch) ** 2, 64)
+    assert any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in stem.modules())
+
+
+def test_conv_stem_rejects_bad_patches_and_checkpoints(tmp_path):
+    with pytest.raises(ValueError, match="power-of-two"):
+        VideoEncoder(config=tiny_timesformer_config(patch_size=6, image_size=36), conv_stem=True)
+    from transformers import TimesformerModel
+
+    TimesformerModel(tiny_timesformer_config()).save_pretrained(tmp_path / "timesformer")
+    with pytest.raises(ValueError, match="checkpoint keeps its own"):
+        VideoEncoder(checkpoint=tmp_path / "timesformer", conv_stem=True)
 
 
 def test_real_preset_from_local_checkpoints(tmp_path):

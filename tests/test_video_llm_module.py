@@ -1,5 +1,7 @@
 """The VideoLLM system: CLI training, AdaTaiLr state across resume, SFT phase, bad input."""
 
+import re
+
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -119,3 +121,36 @@ def test_attribute_agreement_counts_only_judged_attributes():
     assert agree["shape"] == pytest.approx(2 / 3)
     assert agree["motion"] == pytest.approx(1 / 2)  # only two references name a motion
     assert agree["scene"] == 0.0
+
+
+def test_asr_dropout_blanks_transcripts_reproducibly(tiny_world, tmp_path):
+    module = tiny_module(tiny_world, tmp_path, asr_dropout=0.5)
+    asrs = [f"transcript {i}" for i in range(64)]
+    kept = module._drop_transcripts(asrs)
+    blank = sum(a == "" for a in kept)
+    assert 16 <= blank <= 48 and all(k in ("", a) for k, a in zip(kept, asrs))
+    assert module._drop_transcripts(asrs) == kept  # same step, same draw: a resumed run drops the same
+    assert tiny_module(tiny_world, tmp_path, asr_dropout=1.0)._drop_transcripts(asrs) == [""] * 64
+    assert tiny_module(tiny_world, tmp_path)._drop_transcripts(asrs) == asrs
+    with pytest.raises(ValueError, match="model.asr_dropout"):
+        tiny_module(tiny_world, tmp_path, asr_dropout=1.5)
+
+
+def test_captions_never_repeat_a_trigram(tiny_world, tmp_path):
+    """An untrained decoder loops; the n-gram block keeps each trigram to one use per caption."""
+
+    def repeats(module, batch) -> int:
+        worst = 0
+        for caption in module.caption(batch):
+            ids = re.findall(r"\w+|[^\w\s]", caption)  # the word-level tokenizer's units
+            trigrams = [tuple(ids[i:i + 3]) for i in range(len(ids) - 2)]
+            worst = max(worst, len(trigrams) - len(set(trigrams)))
+        return worst
+
+    torch.manual_seed(0)
+    module = tiny_module(tiny_world, tmp_path, max_new_tokens=24)
+    module.configure_model()
+    batch = {"video": torch.randn(4, 4, 3, 32, 32), "asr": ["a red square moves left"] * 4}
+    assert repeats(module, batch) == 0
+    module.hparams.no_repeat_ngram_size = 0
+    assert repeats(module, batch) > 0, "the untrained model did not loop: the check above proves nothing"

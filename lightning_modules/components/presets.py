@@ -43,6 +43,7 @@ def build_video_llm(
     pool_grid: tuple[int, int, int] | None = None,
     image_size: int = 32,
     num_frames: int = 8,
+    conv_stem: bool = False,
     pad_token: str | None = None,
     dtype: torch.dtype | None = None,
     **video_llm_kwargs,
@@ -62,6 +63,7 @@ def build_video_llm(
             (the full 4×4 spatial grid, 4 time steps), ``(4, 7, 7)`` for a real TimeSformer.
         image_size: ``tiny``/``smol``: frame size of the demo TimeSformer.
         num_frames: ``tiny``/``smol``: frames per clip of the demo TimeSformer.
+        conv_stem: ``tiny``/``smol``: embed patches with convolutions (see ``video_encoder.py``).
         pad_token: an existing token to pad with when a real tokenizer has none (e.g. ``"<unk>"``).
         dtype: parameter dtype; default fp32 for ``tiny``/``smol``, bf16 for ``real``.
         video_llm_kwargs: passed to ``VideoLLM`` (``instruction``, ``max_asr_tokens``, …).
@@ -83,7 +85,8 @@ def build_video_llm(
     else:
         encoder = VideoEncoder(
             config=tiny_timesformer_config(image_size=image_size, num_frames=num_frames),
-            pool_grid=pool_grid or (min(4, num_frames), image_size // 8, image_size // 8),
+            pool_grid=pool_grid or (min(4, num_frames), min(4, image_size // 8), min(4, image_size // 8)),
+            conv_stem=conv_stem,
         )
         if preset == "smol":
             lm, folder = load_smollm2(cache_dir, dtype=dtype or torch.float32)

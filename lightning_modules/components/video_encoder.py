@@ -11,8 +11,19 @@ average-pooled to a fixed ``(t, h, w)`` grid (``pool_grid``) and emitted in a fi
 row-major order, plus the CLS token first. Every visual token thus has a known place in space and
 time (its features carry TimeSformer's space and time position embeddings, and its slot in the
 LM's sequence is fixed), so motion stays learnable, while the pooled grid bounds the number of
-tokens the LM pays for: the tiny preset keeps the full 4×4 spatial grid at 4 time steps (65
-tokens); a 224-pixel TimeSformer (14×14 patches × 8 frames = 1568 tokens) pools to e.g. 4×7×7.
+tokens the LM pays for: the tiny preset keeps a 4×4 spatial grid at 4 time steps (65 tokens); a
+224-pixel TimeSformer (14×14 patches × 8 frames = 1568 tokens) pools to e.g. 4×7×7.
+
+Convolutional stem. A randomly initialised ViT learns little from a few hundred clips: its patch
+embedding is one linear map of a whole patch, so an object's appearance depends on where the
+patch grid cuts it. ``conv_stem=True`` replaces that map with strided 3×3 convolutions that reach
+the same patch grid (Xiao et al., 2021, "Early convolutions help transformers see better"); the
+transformer, its divided space-time attention and the token layout are unchanged. On the synthetic
+world (64-pixel frames, 613 training clips, clean labels, a linear read-out of the 65 tokens)
+it lifts held-out motion accuracy from 0.70 (linear patches, 32 pixels) to 0.86. Trained end to
+end through the tiny captioner, though, it has not helped yet (off by default; see the README's
+AdaTaiLr section). It is for encoders built from a config; a pretrained checkpoint keeps its own
+patch embedding.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import TimesformerConfig, TimesformerModel
 
-__all__ = ["tiny_timesformer_config", "VideoEncoder"]
+__all__ = ["tiny_timesformer_config", "ConvStem", "VideoEncoder"]
 
 
 def tiny_timesformer_config(**overrides) -> TimesformerConfig:
@@ -49,6 +60,33 @@ def tiny_timesformer_config(**overrides) -> TimesformerConfig:
     return TimesformerConfig(**fields)
 
 
+class ConvStem(nn.Sequential):
+    """Strided 3×3 convolutions from pixels to the patch grid: ``[N, C, H, W]`` → ``[N, D, H/p, W/p]``.
+
+    ``log2(patch_size)`` stride-2 convolutions, widths doubling up to ``hidden_size``, batch norm
+    and GELU between them; a drop-in for TimeSformer's patch projection.
+    """
+
+    def __init__(self, num_channels: int, hidden_size: int, patch_size: int) -> None:
+        steps = int(patch_size).bit_length() - 1
+        if patch_size < 2 or 2**steps != patch_size:
+            raise ValueError(f"a convolutional stem needs a power-of-two patch size >= 2, got {patch_size}")
+        widths = [max(hidden_size // 2 ** (steps - 1 - i), 8) for i in range(steps - 1)] + [hidden_size]
+        layers: list[nn.Module] = []
+        c = num_channels
+        for i, width in enumerate(widths):
+            layers.append(nn.Conv2d(c, width, kernel_size=3, stride=2, padding=1))
+            if i < steps - 1:
+                layers += [nn.BatchNorm2d(width), nn.GELU()]
+            c = width
+        super().__init__(*layers)
+
+    @property
+    def weight(self) -> Tensor:
+        """The last convolution's weight: what callers read the encoder's dtype and device from."""
+        return self[-1].weight
+
+
 class VideoEncoder(nn.Module):
     """Video ``[B, T, C, H, W]`` (float, normalised) → visual tokens ``[B, 1 + t·h·w, D]``.
 
@@ -59,6 +97,7 @@ class VideoEncoder(nn.Module):
         pool_grid: ``(t, h, w)`` the patch-token grid is average-pooled to; ``None`` keeps every
             patch token (``T·(H/p)·(W/p)`` of them). Each entry must not exceed the grid's size.
         dtype: parameter dtype when loading a checkpoint (e.g. ``torch.bfloat16``).
+        conv_stem: with ``config``, embed patches with a ``ConvStem`` instead of one linear map.
     """
 
     def __init__(
@@ -67,10 +106,13 @@ class VideoEncoder(nn.Module):
         checkpoint: str | Path | None = None,
         pool_grid: tuple[int, int, int] | None = (4, 4, 4),
         dtype: torch.dtype | None = None,
+        conv_stem: bool = False,
     ) -> None:
         super().__init__()
         if (config is None) == (checkpoint is None):
             raise ValueError("give exactly one of `config` and `checkpoint` to VideoEncoder")
+        if conv_stem and checkpoint is not None:
+            raise ValueError("conv_stem replaces the patch embedding; a pretrained checkpoint keeps its own")
         if checkpoint is not None:
             checkpoint = Path(checkpoint)
             if not (checkpoint / "config.json").is_file():
@@ -81,6 +123,10 @@ class VideoEncoder(nn.Module):
             )
         else:
             self.timesformer = TimesformerModel(config)
+            if conv_stem:
+                self.timesformer.embeddings.patch_embeddings.projection = ConvStem(
+                    config.num_channels, config.hidden_size, config.patch_size
+                )
         cfg = self.timesformer.config
         if cfg.attention_type != "divided_space_time":
             raise ValueError(f"expected divided space-time attention, got {cfg.attention_type!r}")
