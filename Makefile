@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast demo world clean
+.PHONY: install test test-fast demo world retrieval-compare clean
 
 install: $(STAMP)
 
@@ -50,6 +50,14 @@ demo: world
 	$(PY) -m evaluation.dataset_report --rounds $(WORLD)/pool $(RUN)/annotations/round_000 \
 		$(RUN)/annotations/round_001 $(RUN)/annotations/round_002 \
 		--ground-truth $(WORLD)/ground_truth.jsonl --out $(RUN)/report --log-dir $(RUN)/flywheel
+
+# Does refinement help retrieval? The dual encoder pretrained on the raw ASR pool and on round 0
+# (same recipe, seed and steps), each tested zero-shot on the world's MSR-VTT; prints the table.
+retrieval-compare: world
+	@test -f $(RUN)/annotations/round_000/manifest.json || { echo "retrieval-compare: no round 0 in \
+	$(RUN)/annotations/round_000; run 'make demo' (its initial refinement writes it) first" >&2; exit 1; }
+	$(PY) benchmarks/retrieval_source_comparison.py --world $(WORLD) --refined $(RUN)/annotations/round_000 \
+		--out runs/retrieval_compare
 
 clean:
 	rm -rf $(RUN) lightning_logs

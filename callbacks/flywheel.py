@@ -91,6 +91,7 @@ class FlywheelCallback(L.Callback):
         module.eval()
         bar = tqdm(desc=f"re-annotating round {index:03d} (rank {rank})", unit="clip",
                    disable=not (self.progress and trainer.is_global_zero))
+        undecodable: set[str] = set()
         with ShardWriter(path, part=rank) as writer:
             for batch in loader:
                 captions = module.caption(_to_device(batch, module.device)) if batch["clip_id"] else []
@@ -101,15 +102,22 @@ class FlywheelCallback(L.Callback):
                         stats["failures"][problem] = stats["failures"].get(problem, 0) + 1
                         caption = previous.get(clip_id, batch["asr"][i])
                     writer.write(_record(batch, i, caption, index))
-                for clip_id in batch["skipped_clips"]:
-                    stats["failures"]["decode"] = stats["failures"].get("decode", 0) + 1
-                    writer.write(_fallback_record(clip_id, index, previous, dm))
+                undecodable.update(batch["skipped_clips"])
                 done_now += len(batch["clip_id"]) + len(batch["skipped_clips"])
                 bar.update(len(batch["clip_id"]) + len(batch["skipped_clips"]))
                 writer.flush()
                 stats["seconds"] = stats.get("seconds_before", 0.0) + time.time() - started
                 stats["records"] = len(writer.done_ids)
                 atomic_write_json(stats_path, stats)
+            # Clips that failed to decode keep their previous caption; their records come from one
+            # pass over the pool. Killed before this, a resumed run tries them again.
+            for record in _pool_records(dm.opts.pool, undecodable):
+                stats["failures"]["decode"] = stats["failures"].get("decode", 0) + 1
+                caption = previous.get(record["clip_id"], record["asr"])
+                writer.write({**record, "caption": caption, "round": index, "source": "previous"})
+            writer.flush()
+            stats["records"] = len(writer.done_ids)
+            atomic_write_json(stats_path, stats)
         bar.close()
         module.train(was_training)
         trainer.strategy.barrier("flywheel_round_shards")
@@ -162,12 +170,15 @@ def _record(batch: dict[str, Any], i: int, caption: str, index: int) -> dict[str
     }
 
 
-def _fallback_record(clip_id: str, index: int, previous: dict[str, str], dm) -> dict[str, Any]:
-    """A clip whose video failed to decode keeps its previous caption (looked up in the pool)."""
-    for record in open_source(dm.opts.pool):
-        if record["clip_id"] == clip_id:
-            return {**record, "caption": previous.get(clip_id, record["asr"]), "round": index, "source": "previous"}
-    raise KeyError(f"{clip_id} not in the pool {dm.opts.pool}")
+def _pool_records(pool: str, clip_ids: set[str]) -> list[dict[str, Any]]:
+    """The pool records of ``clip_ids``, in one pass; a clip absent from the pool is an error."""
+    if not clip_ids:
+        return []
+    found = [r for r in open_source(pool) if r["clip_id"] in clip_ids]
+    missing = clip_ids - {r["clip_id"] for r in found}
+    if missing:
+        raise KeyError(f"clips {sorted(missing)[:5]} not in the pool {pool}")
+    return found
 
 
 def _load_stats(path: Path) -> dict[str, Any]:

@@ -4,7 +4,8 @@ The paper's "impossible trinity", answered side by side for any set of annotatio
 raw ASR pool, refinement rounds, any JSONL record file) and, when the synthetic world's ground
 truth is given, for the clean captions of the same clips::
 
-    python -m evaluation.dataset_report --rounds DIR [DIR ...] [--ground-truth FILE] --out DIR
+    python -m evaluation.dataset_report --rounds DIR [DIR ...] [--ground-truth FILE] \
+        [--dual-encoder CKPT] --out DIR
 
 or from Python, ``build_report(sources, ground_truth=None, out=None, log_dir=None, ...)``.
 It writes into ``out``:
@@ -22,7 +23,9 @@ It writes into ``out``:
     ``self_bleu_4`` on ``self_bleu_sample`` captions, ``category_balance``.
   - quality: ``attr_accuracy`` {shape, color, motion, scene, mean} (None without ground
     truth), per-attribute detail in ``attributes``, ``judged``, ``missing_ground_truth``; and
-    ``similarity`` {mean, std, min, max, count, histogram} when a similarity function is given.
+    ``similarity`` {mean, std, min, max, count, failed, histogram} when a similarity function
+    is given (``--dual-encoder``): ``count`` records scored, ``failed`` records whose clip could
+    not be decoded (not in the statistics), the histogram over [-1, 1].
 - ``report.md``: the table, the protocol, per-source detail, the plots, and a few example
   clips (a strip of frames and every source's caption side by side).
 - ``metrics_per_source.png``, ``caption_length_hist.png`` (and ``similarity_hist.png``), the
@@ -49,9 +52,12 @@ set over all sources when ground truth is given), never with caption text: the f
 samples are the only captions held. The ground truth is held as ``{clip_id: attribute
 values}``.
 
-Quality from a dual encoder plugs in through ``similarity_fn(records) -> list[float]``: it is
-called on batches of records (each with ``video_file``, the resolved video path, added) and
-must return one similarity per record.
+Quality from a dual encoder plugs in through ``similarity_fn(records) -> list[float | None]``:
+it is called on batches of records (each with ``video_file``, the resolved video path, added)
+and must return one similarity per record, None for a record it could not score (its clip
+does not decode), which is counted. ``--dual-encoder CKPT`` plugs in the cosine similarity of a
+trained dual encoder (``evaluation.video_text_similarity``, imported only then: the report
+itself needs no torch).
 """
 
 from __future__ import annotations
@@ -87,7 +93,7 @@ from evaluation.text_stats import TextStats, entropy_bits, self_bleu
 
 log = logging.getLogger(__name__)
 
-SimilarityFn = Callable[[list[dict]], Sequence[float]]
+SimilarityFn = Callable[[list[dict]], Sequence[float | None]]
 
 RAW_ASR_NAME = "raw_asr"
 GROUND_TRUTH_NAME = "ground_truth"
@@ -170,17 +176,21 @@ class _Sampled:
 
 
 class _SimilarityStats:
-    """Streaming mean / std / min / max / fixed-bin histogram of similarities."""
+    """Streaming mean / std / min / max / fixed-bin histogram of similarities; None is a failure."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.failed = 0
         self.total = 0.0
         self.total_sq = 0.0
         self.low = math.inf
         self.high = -math.inf
         self.counts = [0] * SIMILARITY_BINS
 
-    def add(self, value: float) -> None:
+    def add(self, value: float | None) -> None:
+        if value is None:
+            self.failed += 1
+            return
         value = float(value)
         if not math.isfinite(value):
             raise ValueError(f"similarity_fn returned a non-finite similarity {value!r}")
@@ -198,11 +208,12 @@ class _SimilarityStats:
 
     def result(self) -> dict[str, Any]:
         if not self.count:
-            return {"count": 0, "mean": None, "std": None, "min": None, "max": None,
+            return {"count": 0, "failed": self.failed, "mean": None, "std": None, "min": None, "max": None,
                     "histogram": {"edges": self.edges(), "counts": self.counts}}
         mean = self.total / self.count
         return {
             "count": self.count,
+            "failed": self.failed,
             "mean": mean,
             "std": math.sqrt(max(0.0, self.total_sq / self.count - mean * mean)),
             "min": self.low,
@@ -272,6 +283,8 @@ def _stream_source(
         for v in values:
             similarity.add(v)  # type: ignore[union-attr]
         batch.clear()
+        if similarity.failed:  # type: ignore[union-attr]
+            bar.set_postfix(undecodable=similarity.failed, refresh=False)
 
     if total is None and source.manifest is not None and isinstance(source.manifest.get("records"), int):
         total = source.manifest["records"]
@@ -352,6 +365,9 @@ def _stream_source(
         }
     if similarity is not None:
         quality_metrics["similarity"] = similarity.result()
+        if similarity.failed:
+            log.warning("%s: %d record(s) whose clip could not be decoded have no similarity (counted in "
+                        "quality.similarity.failed)", source.name, similarity.failed)
     metrics = {"quantity": quantity, "diversity": diversity, "quality": quality_metrics}
     return _SourceResult(source, metrics, categories, uncategorized, sampled, dict(text.length_counts))
 
@@ -406,7 +422,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 TABLE_COLUMNS = ("source", "records", "shape", "color", "motion", "scene", "mean", "distinct-2", "vocab")
 
 
-def _table_rows(metrics: dict) -> list[list[str]]:
+def _table_rows(metrics: dict, with_similarity: bool) -> list[list[str]]:
     rows = []
     for name, m in metrics["sources"].items():
         acc = m["quality"]["attr_accuracy"]
@@ -417,19 +433,24 @@ def _table_rows(metrics: dict) -> list[list[str]]:
             _fmt(m["diversity"]["distinct_2"]),
             _fmt(m["diversity"]["vocabulary"]),
         ])
+        if with_similarity:
+            rows[-1].append(_fmt((m["quality"].get("similarity") or {}).get("mean")))
     return rows
 
 
 def format_table(metrics: dict, markdown: bool = False) -> str:
     """The per-source table: records, attribute accuracies (shape/color/motion/scene/mean),
-    distinct-2 and vocabulary. Plain aligned text (for stdout) or a Markdown table."""
-    rows = _table_rows(metrics)
+    distinct-2, vocabulary and, when measured, the mean video-text similarity. Plain aligned
+    text (for stdout) or a Markdown table."""
+    with_similarity = any("similarity" in m["quality"] for m in metrics["sources"].values())
+    columns = TABLE_COLUMNS + (("similarity",) if with_similarity else ())
+    rows = _table_rows(metrics, with_similarity)
     if markdown:
-        lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "|".join(["---"] + ["---:"] * 8) + "|"]
+        lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(lines)
-    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(TABLE_COLUMNS)]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(TABLE_COLUMNS, widths)))]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(columns, widths)))]
     lines += ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in rows]
     return "\n".join(lines)
 
@@ -489,7 +510,7 @@ def _pick_examples(results: list[_SourceResult], sample_size: int, num_examples:
 
 def _report_markdown(
     metrics: dict, results: list[_SourceResult], examples: list[dict], plots: list[str],
-    ground_truth: Path | None, seed: int, bleu_sample: int, elapsed: float,
+    ground_truth: Path | None, seed: int, bleu_sample: int, elapsed: float, similarity_label: str = "dual encoder",
 ) -> str:
     sources = metrics["sources"]
     out = ["# Dataset report", ""]
@@ -533,12 +554,15 @@ def _report_markdown(
                 cells.append(f"{_fmt(s.get('accuracy'))} / {_fmt(s.get('precision'))} / {_fmt(s.get('coverage'))}")
             out.append(f"| {name} | {ql['judged']} | {_fmt(ql['missing_ground_truth'])} | " + " | ".join(cells) + " |")
     if any("similarity" in m["quality"] for m in sources.values()):
-        out += ["", "## Video-text similarity", "", "| source | records | mean | std | min | max |",
-                "|---|---:|---:|---:|---:|---:|"]
+        out += ["", "## Video-text similarity", "",
+                f"Cosine similarity of each caption and its clip under the {similarity_label}; records whose "
+                "clip could not be decoded are counted, not scored.", "",
+                "| source | scored | failed to decode | mean | std | min | max |",
+                "|---|---:|---:|---:|---:|---:|---:|"]
         for name, m in sources.items():
             s = m["quality"].get("similarity")
             if s:
-                out.append(f"| {name} | {s['count']} | {_fmt(s['mean'])} | {_fmt(s['std'])} | "
+                out.append(f"| {name} | {s['count']} | {s['failed']} | {_fmt(s['mean'])} | {_fmt(s['std'])} | "
                            f"{_fmt(s['min'])} | {_fmt(s['max'])} |")
     if plots:
         out += ["", "## Plots", ""]
@@ -605,8 +629,10 @@ def build_report(
         out: output folder for ``metrics.json``, ``report.md``, PNGs and frame strips; None
             computes and returns the metrics only (nothing written but TensorBoard's scalars).
         log_dir: also log scalars, the table and the plots to TensorBoard there.
-        similarity_fn: ``records -> similarities`` (e.g. a dual encoder's cosine); called on
-            batches of ``similarity_batch`` records carrying ``video_file``.
+        similarity_fn: ``records -> similarities`` (e.g. a dual encoder's cosine,
+            ``video_text_similarity.similarity_from_checkpoint``); called on batches of
+            ``similarity_batch`` records carrying ``video_file``; None for a record is a counted
+            failure. An optional ``description`` attribute names it in ``report.md``.
         num_examples: example clips in ``report.md``; strip_frames: frames per strip.
         bleu_sample: captions per source in the self-BLEU-4 sample; seed: its sampling seed.
         progress: show a tqdm progress bar per source.
@@ -674,7 +700,7 @@ def build_report(
     atomic_write_json(out / "metrics.json", metrics)
     elapsed = time.perf_counter() - started
     report = _report_markdown(metrics, results, examples, plots, Path(ground_truth) if ground_truth else None,
-                              seed, bleu_sample, elapsed)
+                              seed, bleu_sample, elapsed, getattr(similarity_fn, "description", "dual encoder"))
     atomic_write_text(out / "report.md", report)
     if log_dir is not None:
         report_plots.log_to_tensorboard(metrics, log_dir, plots, format_table(metrics, markdown=True))
@@ -696,6 +722,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder for metrics.json, report.md, PNG plots and example frame strips")
     parser.add_argument("--log-dir", metavar="DIR", help="also write the metrics and plots to TensorBoard here")
+    parser.add_argument("--dual-encoder", metavar="CKPT",
+                        help="a dual-encoder checkpoint (train.py fit with configs/retrieval/): adds the video-text "
+                             "cosine similarity of every caption (mean, histogram, undecodable clips counted)")
     parser.add_argument("--examples", type=int, default=3, metavar="N",
                         help="example clips shown in report.md with every source's caption (default 3)")
     parser.add_argument("--strip-frames", type=int, default=6, metavar="N",
@@ -712,15 +741,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        similarity_fn = None
+        if args.dual_encoder is not None:
+            from evaluation.video_text_similarity import similarity_from_checkpoint  # torch only when asked
+
+            similarity_fn = similarity_from_checkpoint(args.dual_encoder)
         metrics = build_report(
             args.rounds, ground_truth=args.ground_truth, out=args.out, log_dir=args.log_dir,
-            num_examples=args.examples, strip_frames=args.strip_frames, bleu_sample=args.bleu_sample,
-            seed=args.seed, progress=not args.no_progress,
+            similarity_fn=similarity_fn, num_examples=args.examples, strip_frames=args.strip_frames,
+            bleu_sample=args.bleu_sample, seed=args.seed, progress=not args.no_progress,
         )
     except (FileNotFoundError, AnnotationFormatError, ValueError) as e:
         print(f"dataset_report: error: {e}", file=sys.stderr)
         return 2
     print(format_table(metrics))
+    if similarity_fn is not None:
+        print(f"video-text similarity: {similarity_fn.decoded} clips decoded, {similarity_fn.reused} records reused "
+              f"a cached clip embedding, {similarity_fn.failed} undecodable")
     print(f"report written to {Path(args.out) / 'report.md'}")
     return 0
 

@@ -156,6 +156,7 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
         out[f"quality/attr_accuracy/{key}"] = value
     similarity = ql.get("similarity") or {}
     out["quality/similarity/mean"] = similarity.get("mean")
+    out["quality/similarity/failed"] = similarity.get("failed")
     return {k: float(v) for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 

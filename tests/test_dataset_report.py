@@ -405,8 +405,8 @@ def test_cli_help_explains_every_option(capsys):
         main(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--rounds", "--ground-truth", "--out", "--log-dir", "--examples", "--strip-frames",
-                   "--bleu-sample", "--seed", "--no-progress"):
+    for option in ("--rounds", "--ground-truth", "--dual-encoder", "--out", "--log-dir", "--examples",
+                   "--strip-frames", "--bleu-sample", "--seed", "--no-progress"):
         assert option in text
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,6 +71,23 @@ def test_flywheel_writes_every_round_with_one_record_per_clip(tiny_world, tmp_pa
         assert manifest["records"] == len(expected)
         assert manifest["clips_per_second"] > 0 and "failures_detail" in manifest
     assert (run / "flywheel" / "gamma_curve.csv").is_file()
+
+
+def test_undecodable_clips_keep_their_previous_caption_and_are_counted(tiny_world, tmp_path):
+    world = tmp_path / "world"
+    shutil.copytree(tiny_world, world)
+    run = tmp_path / "run"
+    make_round0(world, run)
+    broken = sorted((world / "pool" / "videos").glob("*.mp4"))[0]
+    broken.write_bytes(broken.read_bytes()[:200])  # a torn download
+    lost = {r["clip_id"] for r in open_source(world / "pool") if Path(r["video_path"]).stem == broken.stem}
+    cli_main(flywheel_args(world, run, "--data.init_args.rounds", "1"))
+    reader = RoundReader(round_dir(run, 1))
+    records = {r["clip_id"]: r for r in reader}
+    assert sorted(records) == pool_ids(world)
+    previous = {r["clip_id"]: r["caption"] for r in RoundReader(round_dir(run, 0))}
+    assert lost and all(records[c]["source"] == "previous" and records[c]["caption"] == previous[c] for c in lost)
+    assert reader.manifest["failures_detail"]["decode"] == len(lost)
 
 
 def test_flywheel_without_round0_names_the_missing_step(tiny_world, tmp_path):
