@@ -79,6 +79,24 @@ def datamodule_texts(datamodule: Any) -> Iterable[str]:
     return (record["caption"] for record in open_source(source))
 
 
+def train_tokenizer_on_rank_zero(trainer: L.Trainer, datamodule: Any, vocab_size: int, what: str) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer trained by rank 0 on the DataModule's texts and broadcast to every rank.
+
+    A failure on rank 0 is broadcast too, so the other ranks raise instead of waiting forever.
+    """
+    payload: str | None = None
+    if trainer.is_global_zero:
+        try:
+            tok = train_tokenizer(datamodule_texts(datamodule), kind="word", vocab_size=vocab_size)
+            payload = tok.backend_tokenizer.to_str()
+        except Exception as e:
+            payload = f"!error: {type(e).__name__}: {e}"
+    payload = trainer.strategy.broadcast(payload, src=0)
+    if payload.startswith("!error: "):
+        raise RuntimeError(f"training the {what} tokenizer failed: {payload[8:]}")
+    return tokenizer_from_json(payload)
+
+
 class DualEncoder(L.LightningModule):
     """Video-text dual encoder trained with symmetric InfoNCE; evaluated by retrieval."""
 
@@ -197,18 +215,9 @@ class DualEncoder(L.LightningModule):
     def _train_tokenizer(self) -> None:
         if self.hparams.text_model != "tiny":
             raise RuntimeError(f"text model {self.hparams.text_model!r} has no tokenizer; give model.tokenizer")
-        payload: str | None = None
-        if self.trainer.is_global_zero:
-            try:
-                texts = datamodule_texts(self.trainer.datamodule)
-                tok = train_tokenizer(texts, kind="word", vocab_size=self.hparams.text_vocab_size)
-                payload = tok.backend_tokenizer.to_str()
-            except Exception as e:  # tell the other ranks, which wait in the broadcast, then raise
-                payload = f"!error: {type(e).__name__}: {e}"
-        payload = self.trainer.strategy.broadcast(payload, src=0)
-        if payload.startswith("!error: "):
-            raise RuntimeError(f"training the text tokenizer failed: {payload[8:]}")
-        self.net.text.set_tokenizer(tokenizer_from_json(payload))
+        self.net.text.set_tokenizer(
+            train_tokenizer_on_rank_zero(self.trainer, self.trainer.datamodule, self.hparams.text_vocab_size, "text")
+        )
 
     def on_fit_start(self) -> None:
         log_dir = self.trainer.log_dir  # on every rank (it may touch the logger), used by rank 0

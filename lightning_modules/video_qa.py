@@ -47,8 +47,12 @@ from evaluation.qa import (
 )
 from lightning_modules.components.contrastive import DualEncoderNet
 from lightning_modules.components.text_encoder import build_text_encoder
-from lightning_modules.components.tokenizer import train_tokenizer
-from lightning_modules.dual_encoder import TOKENIZER_KEY, DualEncoder, datamodule_texts, tokenizer_from_json
+from lightning_modules.dual_encoder import (
+    TOKENIZER_KEY,
+    DualEncoder,
+    tokenizer_from_json,
+    train_tokenizer_on_rank_zero,
+)
 
 log = logging.getLogger(__name__)
 
@@ -204,18 +208,9 @@ class VideoQAClassifier(L.LightningModule):
     def _train_tokenizer(self, datamodule: Any) -> None:
         if self.hparams.text_model != "tiny":
             raise RuntimeError(f"text model {self.hparams.text_model!r} has no tokenizer; give model.tokenizer")
-        payload: str | None = None
-        if self.trainer.is_global_zero:
-            try:
-                texts = datamodule_texts(datamodule)
-                tok = train_tokenizer(texts, kind="word", vocab_size=self.hparams.text_vocab_size)
-                payload = tok.backend_tokenizer.to_str()
-            except Exception as e:  # tell the other ranks, which wait in the broadcast, then raise
-                payload = f"!error: {type(e).__name__}: {e}"
-        payload = self.trainer.strategy.broadcast(payload, src=0)
-        if payload.startswith("!error: "):
-            raise RuntimeError(f"training the question tokenizer failed: {payload[8:]}")
-        self.towers.text.set_tokenizer(tokenizer_from_json(payload))
+        self.towers.text.set_tokenizer(
+            train_tokenizer_on_rank_zero(self.trainer, datamodule, self.hparams.text_vocab_size, "question")
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.hparams.text_model == "tiny" and self.towers.text.tokenizer is not None:

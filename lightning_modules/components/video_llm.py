@@ -25,6 +25,7 @@ only caption tokens and the final eos carry labels.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -300,10 +301,13 @@ class VideoLLM(nn.Module):
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 if seed is not None:
                     torch.manual_seed(seed)
-                # With only inputs_embeds, HF returns just the new tokens.
-                out = self.language_model.generate(
-                    inputs_embeds=embeds, attention_mask=mask, generation_config=config
-                )
+                # With only inputs_embeds, HF returns just the new tokens, and n-gram blocking
+                # sees only them: what we want (a caption may repeat words of its transcript).
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Passing `no_repeat_ngram_size` with `inputs_embeds`")
+                    out = self.language_model.generate(
+                        inputs_embeds=embeds, attention_mask=mask, generation_config=config
+                    )
             return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
         finally:
             self.train(was_training)
