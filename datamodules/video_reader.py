@@ -364,8 +364,12 @@ def get_reader(backend: BackendName = "auto", fallback: BackendName | None = Non
     """The reader for ``backend`` (``auto``: decord2 when it imports, else PyAV).
 
     With ``fallback``, a reader that retries with that backend when the first one fails, logging a
-    warning each time; ``fallback`` equal to the resolved ``backend`` is ignored.
+    warning each time; ``fallback`` equal to the resolved ``backend`` is ignored. ``auto`` falls
+    back to PyAV by default: decord's decoding thread reads ahead, so on a damaged file it can
+    fail on packets past the requested frames, depending on timing, where PyAV still reads them.
     """
+    if backend == "auto" and fallback is None:
+        fallback = "pyav"
     primary = _resolve(backend)
     reader = _READERS[primary]()
     if fallback is not None:

@@ -18,9 +18,10 @@ Convolutional stem. A randomly initialised ViT learns little from a few hundred 
 embedding is one linear map of a whole patch, so an object's appearance depends on where the
 patch grid cuts it. ``conv_stem=True`` replaces that map with strided 3×3 convolutions that reach
 the same patch grid (Xiao et al., 2021, "Early convolutions help transformers see better"); the
-transformer, its divided space-time attention and the token layout are unchanged. On the synthetic
-world (64-pixel frames, 613 training clips, clean labels, a linear read-out of the 65 tokens)
-it lifts held-out motion accuracy from 0.70 (linear patches, 32 pixels) to 0.86. Trained end to
+transformer, its divided space-time attention and the token layout are unchanged. In a probe on
+the synthetic world (``experiments/encoder_probe.py``: 613 training clips, clean labels, a linear
+read-out of the 65 tokens) held-out motion accuracy goes from 0.66 (linear patches, 32 pixels)
+to 0.83 (conv stem, 64 pixels), shape from 0.22 to 0.30. Trained end to
 end through the tiny captioner, though, it has not helped yet (off by default; see the README's
 AdaTaiLr section). It is for encoders built from a config; a pretrained checkpoint keeps its own
 patch embedding.
