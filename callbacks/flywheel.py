@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,8 @@ class FlywheelCallback(L.Callback):
             world_size=trainer.world_size,
             model=f"{type(module).__name__}(preset={module.hparams.get('preset')}) after {trainer.global_step} steps",
             config_hash=hashlib.sha256(config.encode()).hexdigest()[:16],
-            video_root=str(Path(trainer.datamodule.opts.pool).resolve()),
+            # relative to the round folder, as round 0 writes it: the run and world move together
+            video_root=os.path.relpath(open_source(trainer.datamodule.opts.pool).video_root.resolve(), path.resolve()),
             source="videollm",
         )
 

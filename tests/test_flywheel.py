@@ -70,6 +70,8 @@ def test_flywheel_writes_every_round_with_one_record_per_clip(tiny_world, tmp_pa
         manifest = reader.manifest
         assert manifest["records"] == len(expected)
         assert manifest["clips_per_second"] > 0 and "failures_detail" in manifest
+        assert not Path(manifest["video_root"]).is_absolute()  # the run and its world can move together
+        assert reader.video_root.resolve() == (tiny_world / "pool").resolve()
     assert (run / "flywheel" / "gamma_curve.csv").is_file()
 
 
