@@ -93,6 +93,13 @@ class FlywheelCallback(L.Callback):
         bar = tqdm(desc=f"re-annotating round {index:03d} (rank {rank})", unit="clip",
                    disable=not (self.progress and trainer.is_global_zero))
         undecodable: set[str] = set()
+
+        def save_progress() -> None:  # what a resumed run needs: records on disk, then their stats
+            writer.flush()
+            stats["seconds"] = stats.get("seconds_before", 0.0) + time.time() - started
+            stats["records"] = len(writer.done_ids)
+            atomic_write_json(stats_path, stats)
+
         with ShardWriter(path, part=rank) as writer:
             for batch in loader:
                 captions = module.caption(_to_device(batch, module.device)) if batch["clip_id"] else []
@@ -100,25 +107,20 @@ class FlywheelCallback(L.Callback):
                     caption = " ".join(captions[i].split())
                     problem = caption_failure(caption, max_words=self.max_caption_words)
                     if problem is not None:
-                        stats["failures"][problem] = stats["failures"].get(problem, 0) + 1
+                        _count_failure(stats, problem)
                         caption = previous.get(clip_id, batch["asr"][i])
                     writer.write(_record(batch, i, caption, index))
                 undecodable.update(batch["skipped_clips"])
                 done_now += len(batch["clip_id"]) + len(batch["skipped_clips"])
                 bar.update(len(batch["clip_id"]) + len(batch["skipped_clips"]))
-                writer.flush()
-                stats["seconds"] = stats.get("seconds_before", 0.0) + time.time() - started
-                stats["records"] = len(writer.done_ids)
-                atomic_write_json(stats_path, stats)
+                save_progress()
             # Clips that failed to decode keep their previous caption; their records come from one
             # pass over the pool. Killed before this, a resumed run tries them again.
             for record in _pool_records(dm.opts.pool, undecodable):
-                stats["failures"]["decode"] = stats["failures"].get("decode", 0) + 1
+                _count_failure(stats, "decode")
                 caption = previous.get(record["clip_id"], record["asr"])
                 writer.write({**record, "caption": caption, "round": index, "source": "previous"})
-            writer.flush()
-            stats["records"] = len(writer.done_ids)
-            atomic_write_json(stats_path, stats)
+            save_progress()
         bar.close()
         module.train(was_training)
         trainer.strategy.barrier("flywheel_round_shards")
@@ -170,6 +172,10 @@ def _record(batch: dict[str, Any], i: int, caption: str, index: int) -> dict[str
         "clip_id": batch["clip_id"][i], "video_path": batch["video_path"][i], "start": batch["start"][i],
         "end": batch["end"][i], "asr": batch["asr"][i], "caption": caption, "round": index, "source": "videollm",
     }
+
+
+def _count_failure(stats: dict[str, Any], reason: str) -> None:
+    stats["failures"][reason] = stats["failures"].get(reason, 0) + 1
 
 
 def _pool_records(pool: str, clip_ids: set[str]) -> list[dict[str, Any]]:

@@ -275,9 +275,7 @@ class VideoQAClassifier(L.LightningModule):
             self._val_counts[1] += len(batch["answer"])
 
     def on_validation_epoch_end(self) -> None:
-        correct, count = self.trainer.strategy.reduce(self._val_counts, reduce_op="sum").tolist()
-        if count and not self.trainer.sanity_checking:
-            self.log("val/accuracy", correct / count, sync_dist=False)  # the same number on every rank
+        log_val_accuracy(self, self._val_counts)
 
     def on_test_epoch_start(self) -> None:
         self._test_rows = []
@@ -314,6 +312,13 @@ def qa_datamodule(datamodule: Any) -> Any:
         raise TypeError(f"video QA needs a DataModule with train_qa() and excluded(split), such as "
                         f"datamodules.msvd_qa.MSVDQADataModule; got {type(datamodule).__name__}")
     return datamodule
+
+
+def log_val_accuracy(module: L.LightningModule, counts: Tensor) -> None:
+    """``val/accuracy`` from ``[correct, answered]`` counts summed over every rank."""
+    correct, count = module.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+    if count and not module.trainer.sanity_checking:
+        module.log("val/accuracy", correct / count, sync_dist=False)  # the same number on every rank
 
 
 def answer_rows(batch: dict[str, Any], predictions: list[str]) -> list[dict[str, Any]]:

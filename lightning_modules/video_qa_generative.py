@@ -40,13 +40,13 @@ from lightning_modules.components.presets import PRESETS, build_video_llm
 from lightning_modules.components.tokenizer import load_tokenizer, train_tokenizer
 from lightning_modules.components.video_llm import IGNORE_INDEX, VideoLLM, prompt_words
 from lightning_modules.dual_encoder import tokenizer_from_json
-from lightning_modules.video_qa import QA_TRAINED_KEY, answer_rows, qa_datamodule, report_test
+from lightning_modules.video_qa import QA_TRAINED_KEY, answer_rows, log_val_accuracy, qa_datamodule, report_test
 
 log = logging.getLogger(__name__)
 
 TOKENIZER_KEY = "video_qa_tokenizer"
 #: Arguments a VideoLLM checkpoint given as ``init_from`` must have been built with.
-NETWORK_KEYS = ("preset", "num_frames", "image_size", "video_encoder_path", "language_model_path")
+NETWORK_KEYS = ("preset", "num_frames", "image_size", "conv_stem", "video_encoder_path", "language_model_path")
 
 
 class GenerativeVideoQA(L.LightningModule):
@@ -62,6 +62,7 @@ class GenerativeVideoQA(L.LightningModule):
         cache_dir: str | None = None,
         num_frames: int = 8,
         image_size: int = 32,
+        conv_stem: bool = False,
         instruction: str = "Answer the question about the video.",
         question_prefix: str = "Question:",
         answer_cue: str = "Answer:",
@@ -83,6 +84,7 @@ class GenerativeVideoQA(L.LightningModule):
             cache_dir: ``smol``: where the converted SmolLM2 folder is cached.
             num_frames: frames per clip; must match the data.
             image_size: frame side in pixels; must match the data.
+            conv_stem: ``tiny``/``smol``: convolutional patch embedding; must match ``init_from``.
             instruction: the instruction after the visual tokens.
             question_prefix: the text before the question (the transcript slot of the template).
             answer_cue: the text after which the answer starts.
@@ -122,6 +124,7 @@ class GenerativeVideoQA(L.LightningModule):
             cache_dir=hp.cache_dir,
             image_size=hp.image_size,
             num_frames=hp.num_frames,
+            conv_stem=hp.conv_stem,
             instruction=hp.instruction,
             transcript_prefix=hp.question_prefix,
             caption_cue=hp.answer_cue,
@@ -209,9 +212,7 @@ class GenerativeVideoQA(L.LightningModule):
         self._val_counts[1] += len(correct)
 
     def on_validation_epoch_end(self) -> None:
-        correct, count = self.trainer.strategy.reduce(self._val_counts, reduce_op="sum").tolist()
-        if count and not self.trainer.sanity_checking:
-            self.log("val/accuracy", correct / count, sync_dist=False)  # the same number on every rank
+        log_val_accuracy(self, self._val_counts)
 
     def on_test_epoch_start(self) -> None:
         self._test_rows = []
