@@ -19,6 +19,7 @@ import logging
 import os
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -194,7 +195,9 @@ class ShardWriter:
     final name); leaving it by an exception keeps the ``.partial`` file for the next attempt.
     """
 
-    def __init__(self, round_path: str | os.PathLike, part: int, sync_every: int = 64) -> None:
+    def __init__(self, round_path: str | os.PathLike, part: int, sync_every: int = 64, track_ids: bool = True) -> None:
+        """``track_ids``: keep the set of stored clip ids so that ``write`` refuses a clip already
+        stored; a caller that never repeats a clip (it resumes by ``count``) saves that memory."""
         self.path = shard_path(round_path, part)
         self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
         self.sync_every = sync_every
@@ -202,20 +205,23 @@ class ShardWriter:
         self._unsynced = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            self.done_ids = _clip_ids(self.path)
+            self.done_ids, self.count = _stored(self.path, track_ids)
             self.finished = True
             self._file = None
         else:
-            self.done_ids = _recover_partial(self.partial)
+            self.done_ids, self.count = _recover_partial(self.partial, track_ids)
             self.finished = False
             self._file = open(self.partial, "ab")
 
     def __contains__(self, clip_id: str) -> bool:
+        if self.done_ids is None:
+            raise TypeError(f"{self.path}: opened with track_ids=False; it does not know its clip ids")
         return clip_id in self.done_ids
 
     def write(self, record: AnnotationRecord) -> bool:
-        """Append ``record``; returns False (and writes nothing) if its clip is already stored."""
-        if record["clip_id"] in self.done_ids:
+        """Append ``record``; returns False (and writes nothing) if its clip is already stored
+        (checked only with ``track_ids``)."""
+        if self.done_ids is not None and record["clip_id"] in self.done_ids:
             return False
         if self._file is None:
             raise RuntimeError(f"{self.path}: shard already finished; it cannot take new records")
@@ -224,7 +230,9 @@ class ShardWriter:
             raise ValueError(f"record for {record.get('clip_id')!r} lacks field(s) {', '.join(missing)}")
         line = json.dumps({k: record[k] for k in RECORD_FIELDS}, ensure_ascii=False) + "\n"
         self._file.write(line.encode("utf-8"))
-        self.done_ids.add(record["clip_id"])
+        if self.done_ids is not None:
+            self.done_ids.add(record["clip_id"])
+        self.count += 1
         self.written += 1
         self._unsynced += 1
         if self._unsynced >= self.sync_every:
@@ -282,11 +290,31 @@ def _clip_ids(path: Path) -> set[str]:
     return {r["clip_id"] for r in JsonlRecordReader([path])}
 
 
-def _recover_partial(partial: Path) -> set[str]:
-    """Keep the complete lines of an interrupted shard, cut a torn tail, return their clip ids."""
+def _stored(path: Path, track_ids: bool) -> tuple[set[str] | None, int]:
+    done: set[str] | None = set() if track_ids else None
+    count = 0
+    for record in JsonlRecordReader([path]):
+        count += 1
+        if done is not None:
+            done.add(record["clip_id"])
+    return done, count
+
+
+def tail_clip_ids(path: str | os.PathLike, n: int) -> list[str]:
+    """The clip ids of the last ``n`` records of a shard file (one pass, ``n`` ids held)."""
+    tail: deque[str] = deque(maxlen=n)
+    if n > 0:
+        tail.extend(r["clip_id"] for r in JsonlRecordReader([Path(path)]))
+    return list(tail)
+
+
+def _recover_partial(partial: Path, track_ids: bool = True) -> tuple[set[str] | None, int]:
+    """Keep the complete lines of an interrupted shard, cut a torn tail; return their clip ids
+    (None without ``track_ids``) and their count."""
+    done: set[str] | None = set() if track_ids else None
     if not partial.exists():
-        return set()
-    done: set[str] = set()
+        return done, 0
+    count = 0
     good_bytes = 0
     with open(partial, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
@@ -296,13 +324,15 @@ def _recover_partial(partial: Path) -> set[str]:
                 record = parse_record(raw.decode("utf-8"), partial, lineno)
             except (UnicodeDecodeError, AnnotationFormatError):
                 break
-            done.add(record["clip_id"])
+            if done is not None:
+                done.add(record["clip_id"])
+            count += 1
             good_bytes += len(raw)
     if good_bytes < partial.stat().st_size:
         log.warning("%s: cut %d bytes of a torn tail", partial, partial.stat().st_size - good_bytes)
         with open(partial, "r+b") as f:
             f.truncate(good_bytes)
-    return done
+    return done, count
 
 
 def write_manifest(round_path: str | os.PathLike, round_index: int, **extra: Any) -> dict[str, Any]:

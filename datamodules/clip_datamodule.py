@@ -10,24 +10,19 @@ checkpoint; the next pass starts from it (see ``streaming_dataset``).
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import logging
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.fabric.utilities.data import AttributeDict
 from torch.utils.data import DataLoader
 
-from datamodules.annotation_sources import open_source
+from datamodules.annotation_sources import iter_source, open_source, source_exists
 from datamodules.annotation_store import done_clip_ids
 from datamodules.streaming_dataset import ClipStream, in_split
 from datamodules.video_transforms import build_video_transform
 
 log = logging.getLogger(__name__)
-
-# The fork server imports the decoding stack once; each worker is then a cheap fork of it.
-multiprocessing.set_forkserver_preload(["datamodules.streaming_dataset", "datamodules.video_transforms"])
 
 
 class ResumableLoader(DataLoader):
@@ -40,10 +35,6 @@ class ResumableLoader(DataLoader):
     def __iter__(self):
         self.dataset.epoch, self.dataset.start_batch = self._position_fn()
         return super().__iter__()
-
-
-def _iter_source(path: str):
-    return iter(open_source(path))
 
 
 class ClipCaptionDataModule(L.LightningDataModule):
@@ -67,7 +58,8 @@ class ClipCaptionDataModule(L.LightningDataModule):
     ) -> None:
         """
         Args:
-            train_source: round folder, ASR pool folder / ``asr.json``, or ``.jsonl`` records to train on.
+            train_source: round folder, ASR pool (folder with ``asr.json`` or tar shards: folder,
+                ``.tar`` or brace pattern), ``asr.json``, or ``.jsonl`` records to train on.
             val_source: source to validate on; None carves ``val_fraction`` of the train clips instead.
             predict_source: source ``predict`` captions (every record, once); None = ``train_source``.
             exclude_clips: a round folder whose shards (finished or ``.partial``) hold clips that
@@ -94,7 +86,7 @@ class ClipCaptionDataModule(L.LightningDataModule):
         )
         for name in ("train_source", "val_source", "predict_source", "video_root"):
             value = self.opts[name]
-            if value is not None and not Path(value).exists():
+            if value is not None and not source_exists(value):
                 raise FileNotFoundError(f"data.{name}: {value} does not exist")
         self.epoch = 0
         self.batches_consumed = 0
@@ -107,7 +99,7 @@ class ClipCaptionDataModule(L.LightningDataModule):
         root = hp.video_root or open_source(source).video_root
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self._trainer_attached() else (0, 1)
         return ClipStream(
-            source_factory=functools.partial(_iter_source, source),
+            source_factory=functools.partial(iter_source, source),
             video_root=root,
             batch_size=hp.batch_size,
             num_frames=hp.num_frames,

@@ -14,7 +14,7 @@ import functools
 from pathlib import Path
 
 from datamodules.annotation_store import MANIFEST_NAME, round_dir
-from datamodules.clip_datamodule import ClipCaptionDataModule, ResumableLoader, _keep_split, _not_in
+from datamodules.clip_datamodule import ClipCaptionDataModule, ResumableLoader, _keep_split
 from datamodules.flywheel_schedule import FlywheelSchedule
 
 
@@ -41,7 +41,9 @@ class FlywheelDataModule(ClipCaptionDataModule):
         """
         Args:
             run_dir: the run's folder; rounds live in ``<run_dir>/annotations/round_NNN``.
-            pool: the ASR pool folder (``asr.json`` + ``videos/``): the clips every round re-annotates.
+            pool: the ASR pool, the clips every round re-annotates: a folder with ``asr.json`` +
+                ``videos/``, or video2dataset tar shards (a folder of ``*.tar``, a ``.tar`` file or
+                a brace pattern such as ``pool/{00000..00009}.tar``).
             human_examples: ``.jsonl`` of human refinement records, the only clean supervision.
             rounds: flywheel rounds run by this fit (round 0 comes from initial refinement).
             pretrain_epochs: epochs of AdaTaiLr pretraining on the previous round, per round.
@@ -56,7 +58,7 @@ class FlywheelDataModule(ClipCaptionDataModule):
             backend: video decoder: ``decord``, ``pyav`` or ``auto``.
         """
         super().__init__(
-            train_source=pool, val_source=None, video_root=pool, val_fraction=human_val_fraction,
+            train_source=pool, val_source=None, video_root=_pool_folder(pool), val_fraction=human_val_fraction,
             batch_size=batch_size, num_workers=num_workers, num_frames=num_frames, image_size=image_size,
             shuffle_buffer_size=shuffle_buffer_size, seed=seed, backend=backend,
         )
@@ -101,14 +103,20 @@ class FlywheelDataModule(ClipCaptionDataModule):
         stream = self._stream(self.opts.human_examples, train=False, keep=self._human_split(want_val=True))
         return self._loader(stream, lambda: (0, 0))
 
-    def annotation_dataloader(self, done: frozenset[str]) -> ResumableLoader:
-        """Every pool clip not in ``done``, once across ranks, uniform frames, fixed order."""
-        keep = functools.partial(_not_in, done=done) if done else None
-        stream = self._stream(self.opts.pool, train=False, keep=keep, drop_uneven=False)
-        return self._loader(stream, lambda: (0, 0))
+    def annotation_dataloader(self, start_batch: int = 0) -> ResumableLoader:
+        """This rank's share of the pool from batch ``start_batch`` on: every clip once across ranks,
+        uniform frames, fixed order (record ``i`` goes to rank ``i % world_size``, unpadded)."""
+        stream = self._stream(self.opts.pool, train=False, keep=None, drop_uneven=False)
+        return self._loader(stream, lambda: (0, start_batch))
 
     def _human_split(self, want_val: bool):
         return functools.partial(_keep_split, val_fraction=self.opts.human_val_fraction, want_val=want_val)
+
+
+def _pool_folder(pool: str) -> str:
+    """The folder pool records' ``video_path``s are relative to: the pool folder itself, or the
+    folder of its ``asr.json``, ``.tar`` file or brace pattern."""
+    return pool if Path(pool).is_dir() else str(Path(pool).parent)
 
 
 def _flywheel_callback(trainer):

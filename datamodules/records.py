@@ -4,6 +4,10 @@ A record is one clip of the pool with its current caption:
 ``clip_id, video_path, start, end, asr, caption, round, source``.
 ``video_path`` is relative to the pool folder unless absolute; ``round`` is -1 for
 records that do not come from a refinement round (raw ASR, human examples).
+
+A ``video_path`` through a tar shard, ``00003.tar/000030002_00001.mp4``, names a member of that
+shard: one sample of a video2dataset pool, a clip whose own time 0 is the record's ``start``
+(``tar_members``). Rounds keep such paths as they are, and every reader decodes them.
 """
 
 from typing import TypedDict

@@ -16,14 +16,18 @@ So the position in an epoch is one number per rank, the count of batches consume
 sets ``start_batch`` to it and the rest of the epoch is exactly what the uninterrupted run
 would have produced; skipped batches are only parsed, never decoded.
 
-A clip that fails to decode is dropped from its batch, counted in the batch's ``skipped`` and
-logged with its file; the batch may then be smaller (or empty: ``video`` with 0 rows).
+A clip that fails to decode is dropped from its batch, counted in the batch's ``skipped``,
+kept whole in its ``skipped_records`` (so that an annotation pass can still write it) and logged
+with its file; the batch may then be smaller (or empty: ``video`` with 0 rows).
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import random
+import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -33,9 +37,30 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from datamodules.records import AnnotationRecord
+from datamodules.tar_members import split_member_path
 from datamodules.video_reader import VideoDecodeError, read_clip
 
 log = logging.getLogger(__name__)
+
+
+def _main_module() -> list[str]:
+    """The main script's importable name (``train`` for ``python train.py``), if it has one."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None:
+        return [spec.name]
+    path = getattr(main, "__file__", None)
+    if path and sys.path and os.path.dirname(os.path.abspath(path)) == os.path.abspath(sys.path[0] or "."):
+        return [Path(path).stem]
+    return []
+
+
+# DataLoader workers start from a fork server (``clip_datamodule``); each one unpickles the stream
+# and re-imports the main script. The server imports both first, so a worker starts in well under
+# a second instead of importing Lightning again (seconds, each worker, each epoch). The main
+# script goes by its module name: Python 3.11's fork server ignores "__main__" in this list.
+multiprocessing.set_forkserver_preload(
+    [*_main_module(), "datamodules.streaming_dataset", "datamodules.video_transforms", "datamodules.annotation_sources"])
 
 
 def shuffle_buffer(items: Iterable[Any], buffer_size: int, rng: random.Random) -> Iterator[Any]:
@@ -134,6 +159,19 @@ class ClipStream(IterableDataset):
         if batch and not self.drop_last:
             yield index, batch
 
+    def batch_files(self, first: int, count: int) -> list[str]:
+        """The files that batches ``first … first + count - 1`` of this rank read (a tar shard once for
+        all its members), for error messages; parses records, decodes nothing."""
+        files: dict[str, None] = {}
+        for index, records in self.rank_batches():
+            if index >= first + count:
+                break
+            if index >= first:
+                for record in records:
+                    member = split_member_path(self.video_root / record["video_path"])
+                    files[member[0] if member else record["video_path"]] = None
+        return list(files)
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
@@ -143,7 +181,7 @@ class ClipStream(IterableDataset):
             yield self.decode_batch(index, records)
 
     def decode_batch(self, index: int, records: list[AnnotationRecord]) -> dict[str, Any]:
-        videos, kept, skipped_files, skipped_clips = [], [], [], []
+        videos, kept, skipped_files, skipped = [], [], [], []
         for position, record in enumerate(records):
             path = Path(record["video_path"])
             path = path if path.is_absolute() else self.video_root / path
@@ -159,7 +197,7 @@ class ClipStream(IterableDataset):
             except VideoDecodeError as e:
                 log.warning("skipping clip %s: %s", record["clip_id"], e)
                 skipped_files.append(str(path))
-                skipped_clips.append(record["clip_id"])
+                skipped.append(record)
                 continue
             if self.transform is not None:
                 # Crops draw from torch's global RNG: seed a private copy so that augmentation,
@@ -182,5 +220,5 @@ class ClipStream(IterableDataset):
             "batch_index": index,
             "skipped": len(skipped_files),
             "skipped_files": skipped_files,
-            "skipped_clips": skipped_clips,
+            "skipped_records": skipped,
         }

@@ -4,7 +4,9 @@
 ``[T, C, H, W]`` (RGB) of ``num_frames`` frames sampled inside the segment ``[start, end]``
 seconds of the file (see ``frame_sampling`` for the sampling rule and the repetition of frames
 when a segment holds fewer distinct frames than asked for). Clip times count from the first
-frame of the video stream, as segment times in HowTo100M-style captions do.
+frame of the video stream, as segment times in HowTo100M-style captions do. A path through a
+tar shard (``00003.tar/<key>.mp4``, see ``tar_members``) is decoded from the member's bytes; the
+member is a clip cut at ``start``, so the segment read is ``[0, end - start]`` of the member.
 
 Backends, both implementing the ``VideoReader`` protocol:
 
@@ -30,6 +32,7 @@ Rotation metadata (phone videos) is ignored by both backends.
 """
 
 import functools
+import io
 import logging
 import math
 import os
@@ -49,6 +52,7 @@ from datamodules.frame_sampling import (
     sample_offsets,
     times_to_indices,
 )
+from datamodules.tar_members import read_member, split_member_path
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +115,19 @@ def _decode_errors(path: str | Path, start: float, end: float, backend: str) -> 
         raise VideoDecodeError(path, start, end, reason, backend) from exc
 
 
-def _check_file(path: str | Path) -> None:
-    if not os.path.isfile(path):
-        raise FileNotFoundError("no such file")
-    if os.path.getsize(path) == 0:
-        raise ValueError("empty file")
+def _open_input(path: str | Path) -> str | io.BytesIO:
+    """What a backend opens: a plain file's path, or the bytes of a tar shard's member (``tar_members``)."""
+    member = split_member_path(path)
+    if member is None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError("no such file")
+        if os.path.getsize(path) == 0:
+            raise ValueError("empty file")
+        return str(path)
+    data = read_member(*member)
+    if not data:
+        raise ValueError("empty member")
+    return io.BytesIO(data)
 
 
 def _expand(frames: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
@@ -168,10 +180,10 @@ class DecordVideoReader:
 
     def read(self, path: str | Path, start: float, end: float, offsets: torch.Tensor) -> DecodedClip:
         with _decode_errors(path, start, end, self.name):
-            _check_file(path)
+            source = _open_input(path)
             import decord
 
-            vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=self.num_threads)
+            vr = decord.VideoReader(source, ctx=decord.cpu(0), num_threads=self.num_threads)
             try:
                 return self._read(vr, start, end, offsets)
             finally:
@@ -223,10 +235,10 @@ class PyAVVideoReader:
 
     def read(self, path: str | Path, start: float, end: float, offsets: torch.Tensor) -> DecodedClip:
         with _decode_errors(path, start, end, self.name):
-            _check_file(path)
+            source = _open_input(path)
             import av
 
-            with av.open(str(path), metadata_errors="ignore") as container:
+            with av.open(source, metadata_errors="ignore") as container:
                 if not container.streams.video:
                     raise ValueError("no video stream")
                 stream = container.streams.video[0]
@@ -395,7 +407,10 @@ def read_clip(
     random time per bin from ``generator``, for training). ``end`` is clamped to the duration; a
     ``start`` at or beyond it, ``end <= start`` and every decoding failure raise
     ``VideoDecodeError``. ``backend`` is a name (see ``get_reader``) or a reader instance.
+    A tar shard's member holds the clip from ``start`` on (video2dataset resets its timestamps).
     """
     reader = get_reader(backend, fallback) if isinstance(backend, str) else backend
     offsets = sample_offsets(num_frames, mode, generator)
+    if split_member_path(path) is not None:
+        start, end = 0.0, end - start
     return reader.read(path, start, end, offsets).frames

@@ -88,6 +88,8 @@ from datamodules.annotation_store import (
     atomic_write_text,
 )
 from datamodules.asr_pool import ASR_FILE, AsrPoolReader
+from datamodules.tar_members import video_exists
+from datamodules.webdataset_pool import WebDatasetPoolReader, is_webdataset_pool
 from evaluation.caption_quality import MEAN_ATTRIBUTES, AttributeAccuracy, ClipTruth, GroundTruthFile
 from evaluation.text_stats import TextStats, entropy_bits, self_bleu
 
@@ -128,12 +130,13 @@ def open_report_source(spec: str | os.PathLike | tuple[str, Any] | ReportSource)
             return source
         return ReportSource(name=name, records=inner, video_root=getattr(inner, "video_root", None))
     path = Path(spec)
-    if path.is_dir() and not (path / MANIFEST_NAME).is_file() and not (path / ASR_FILE).is_file():
+    if path.is_dir() and not (path / MANIFEST_NAME).is_file() and not (path / ASR_FILE).is_file() \
+            and not is_webdataset_pool(path):
         RoundReader(path)  # raises FileNotFoundError naming the missing manifest
     reader = open_source(path)
     if isinstance(reader, RoundReader):
         return ReportSource(path.name, reader, "round", path, reader.video_root, reader.manifest)
-    if isinstance(reader, AsrPoolReader):
+    if isinstance(reader, (AsrPoolReader, WebDatasetPoolReader)):
         return ReportSource(RAW_ASR_NAME, reader, "asr_pool", path, reader.video_root)
     return ReportSource(path.stem, reader, "jsonl", path, reader.video_root)
 
@@ -463,7 +466,7 @@ def _frame_strip(video_file: str, start: float, end: float, num_frames: int, out
     """Write a horizontal strip of ``num_frames`` frames; returns None or why there is none."""
     if not video_file:
         return "no video path"
-    if not Path(video_file).is_file():
+    if not video_exists(video_file):
         return f"video file not found: {video_file}"
     try:
         import numpy as np

@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--world", type=Path, default=Path("data/demo_world"), help="a synthetic world folder")
     parser.add_argument("--image-size", type=int, default=32, help="frame side in pixels")
     parser.add_argument("--conv-stem", action="store_true", help="convolutional patch embedding")
+    parser.add_argument("--frame-difference", action="store_true", help="frame differences as extra channels")
     parser.add_argument("--readout", choices=("cls", "mean", "flat"), default="flat",
                         help="what the heads read: the CLS token, the mean token, or all 65 tokens (keeps position)")
     parser.add_argument("--epochs", type=int, default=20)
@@ -75,7 +76,7 @@ def main() -> None:
     train_idx, test_idx = (~held).nonzero().squeeze(1), held.nonzero().squeeze(1)
 
     encoder = VideoEncoder(config=tiny_timesformer_config(image_size=args.image_size), pool_grid=(4, 4, 4),
-                           conv_stem=args.conv_stem)
+                           conv_stem=args.conv_stem, frame_difference=args.frame_difference)
     width = encoder.hidden_size * (encoder.num_tokens if args.readout == "flat" else 1)
     heads = nn.ModuleDict({a: nn.Linear(width, len(v)) for a, v in TARGETS.items()})
     params = list(encoder.parameters()) + list(heads.parameters())
@@ -104,7 +105,7 @@ def main() -> None:
             optimizer.step()
     held_out, seen = accuracy(test_idx), accuracy(train_idx)
     print(f"{len(train_idx)} training clips, {len(test_idx)} held out, {time.time() - started:.0f} s; "
-          f"image {args.image_size}, conv stem {args.conv_stem}, readout {args.readout}")
+          f"image {args.image_size}, conv stem {args.conv_stem}, frame difference {args.frame_difference}, readout {args.readout}")
     print(f"{'attribute':10s} {'held-out':>9s} {'train':>7s} {'chance':>7s}")
     for a, values in TARGETS.items():
         print(f"{a:10s} {held_out[a]:9.3f} {seen[a]:7.3f} {1 / len(values):7.3f}")

@@ -42,10 +42,12 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from tokenizers import Tokenizer
+from torch.distributed.fsdp import FSDPModule
 from transformers import PreTrainedTokenizerFast, TimesformerConfig
 
 from evaluation.retrieval import evaluate_retrieval, write_retrieval_outputs
 from lightning_modules.components.contrastive import DualEncoderNet, all_gather_rows
+from lightning_modules.components.sharding import data_parallel_mesh, shard_model
 from lightning_modules.components.text_encoder import build_text_encoder
 from lightning_modules.components.tokenizer import SPECIAL_TOKENS, save_tokenizer, train_tokenizer
 from lightning_modules.components.video_encoder import VideoEncoder, tiny_timesformer_config
@@ -124,6 +126,8 @@ class DualEncoder(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["step", "epoch"] = "step",
+        fsdp_mixed_precision: bool = True,
+        activation_checkpointing: bool = False,
     ) -> None:
         """
         Args:
@@ -154,6 +158,10 @@ class DualEncoder(L.LightningModule):
             optimizer: optimizer factory; weight decay applies to matrices only.
             lr_scheduler: optional scheduler factory.
             lr_scheduler_interval: step the scheduler every ``step`` or every ``epoch``.
+            fsdp_mixed_precision: with a sharded strategy (``ModelParallelStrategy``): compute in bf16,
+                reduce gradients and keep the sharded master weights in fp32 (``components.sharding``).
+            activation_checkpointing: with a sharded strategy: recompute each transformer block's
+                activations in the backward pass.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -173,6 +181,19 @@ class DualEncoder(L.LightningModule):
         self._eval_outputs: list[dict[str, Any]] = []
         self._restored_trained_with: str | None = None
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def configure_model(self) -> None:
+        # The towers are built in __init__ (setup loads init_from weights and the tokenizer into them
+        # before this hook runs); a sharded strategy shards them here, each rank keeping its shard.
+        if self.device_mesh is None or isinstance(self.net, FSDPModule):
+            return
+        shard_model(
+            self.net,
+            data_parallel_mesh(self.device_mesh),
+            mixed_precision=self.hparams.fsdp_mixed_precision,
+            activation_checkpointing=self.hparams.activation_checkpointing,
+            forward_methods=("encode_video", "encode_text", "project_text", "contrastive_loss"),
+        )
 
     @staticmethod
     def _video_encoder(checkpoint: str | None, overrides: dict | None, num_frames: int, image_size: int) -> VideoEncoder:

@@ -22,10 +22,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from datamodules.annotation_sources import open_source
 from datamodules.synthetic_world.lexicon import attributes_mentioned
 from lightning_modules.components.adatailr import tailr_loss_with_stats
+from lightning_modules.components.frame_captioner import TinyVideoLLMCaptioner
 from lightning_modules.components.gamma_schedules import AdaptiveGamma, GammaSchedule
 from lightning_modules.components.presets import PRESETS, build_video_llm
+from lightning_modules.components.seeded_sampling import clip_seed
+from lightning_modules.components.sharding import data_parallel_mesh, shard_model
 from lightning_modules.components.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from lightning_modules.components.video_llm import VideoLLM, prompt_words
+from lightning_modules.components.warm_start import warm_start_from_image_model
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,8 @@ class VideoLLMModule(L.LightningModule):
         num_frames: int = 8,
         image_size: int = 32,
         conv_stem: bool = False,
+        frame_difference: bool = False,
+        init_from_ilm: str | None = None,
         max_asr_tokens: int = 64,
         max_caption_tokens: int = 32,
         gamma_schedule: GammaSchedule | None = None,
@@ -58,7 +64,13 @@ class VideoLLMModule(L.LightningModule):
         max_new_tokens: int = 32,
         num_beams: int = 1,
         no_repeat_ngram_size: int = 3,
+        sample_captions: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 0.9,
+        sample_seed: int = 0,
         val_generate_batches: int = 2,
+        fsdp_mixed_precision: bool = True,
+        activation_checkpointing: bool = False,
     ) -> None:
         """
         Args:
@@ -74,13 +86,18 @@ class VideoLLMModule(L.LightningModule):
             num_frames: frames per clip; must match the data.
             image_size: frame side in pixels; must match the data.
             conv_stem: ``tiny``/``smol``: convolutional patch embedding (see ``components.video_encoder``).
+            frame_difference: ``tiny``/``smol``: frame differences as extra input channels (ditto).
+            init_from_ilm: ``tiny``: a single-frame tiny VideoLLM checkpoint (the round-0 image
+                captioner, ``configs/demo/ilm_pretrain.yaml``) to start a new fit from, the way a
+                TimeSformer starts from an image ViT (``components.warm_start``). A resumed fit
+                restores its own weights over it.
             max_asr_tokens: transcripts are cut to this many tokens in the prompt.
             max_caption_tokens: training captions are cut to this many tokens.
             gamma_schedule: AdaTaiLr's Γ estimator; None = ``AdaptiveGamma()``;
                 ``ConstantGamma(0.0)`` is cross-entropy, ``ConstantGamma(γ)`` is TaiLr.
             w_min: lower clamp of the token weights (TaiLr's usual 0.2).
             phase: ``pretrain`` (AdaTaiLr) or ``sft`` (cross-entropy on clean human examples).
-            asr_dropout: share of training clips whose transcript is left out of the prompt. A
+            asr_dropout: share of pretraining clips whose transcript is left out of the prompt. A
                 transcript often names what the caption says, so a model can learn to copy it
                 and ignore the video; dropping it forces the caption to come from the frames.
             optimizer: optimizer factory, e.g. ``torch.optim.AdamW`` with its ``lr``.
@@ -89,7 +106,16 @@ class VideoLLMModule(L.LightningModule):
             num_beams: 1 = greedy decoding, more = beam search.
             no_repeat_ngram_size: no n-gram of this size is generated twice in a caption (0 = off):
                 small greedy decoders otherwise loop ("moves left moves left …").
+            sample_captions: caption by sampling at ``temperature`` from the nucleus ``top_p``
+                instead of greedily. Greedy captions are the mode of the model's paraphrases, so a
+                re-annotated pool collapses into a few templates; the draws are seeded per clip
+                (``sample_seed`` and the clip id), so a clip's caption does not depend on its batch,
+                rank or the number of workers.
             val_generate_batches: validation batches captioned by generation for the agreement metric.
+            fsdp_mixed_precision: with a sharded strategy (``ModelParallelStrategy``): compute in bf16,
+                reduce gradients and keep the sharded master weights in fp32 (``components.sharding``).
+            activation_checkpointing: with a sharded strategy: recompute each transformer block's
+                activations in the backward pass (less memory, about one more forward of compute).
         """
         super().__init__()
         if preset not in PRESETS:
@@ -104,7 +130,10 @@ class VideoLLMModule(L.LightningModule):
             for path in value:
                 if not Path(path).exists():
                     raise FileNotFoundError(f"model.{key}: {path} does not exist")
-        for key, value in (("video_encoder_path", video_encoder_path), ("language_model_path", language_model_path)):
+        if init_from_ilm is not None and preset != "tiny":
+            raise ValueError(f"model.init_from_ilm: starts the tiny preset only, not {preset!r}")
+        for key, value in (("video_encoder_path", video_encoder_path), ("language_model_path", language_model_path),
+                           ("init_from_ilm", init_from_ilm)):
             if value is not None and not Path(value).exists():
                 raise FileNotFoundError(f"model.{key}: {value} does not exist")
         # Objects stay out of the checkpoint's hparams so it loads with weights_only=True; a resumed
@@ -132,9 +161,25 @@ class VideoLLMModule(L.LightningModule):
             image_size=hp.image_size,
             num_frames=hp.num_frames,
             conv_stem=hp.get("conv_stem", False),
+            frame_difference=hp.get("frame_difference", False),
             max_asr_tokens=hp.max_asr_tokens,
             max_caption_tokens=hp.max_caption_tokens,
         )
+        if hp.get("init_from_ilm") and self._trainer is not None:  # a fit, not load_from_checkpoint
+            self._warm_start(hp.init_from_ilm)
+        if self.device_mesh is not None:  # a sharded strategy: FSDP2 per encoder and decoder block
+            shard_model(
+                self.net,
+                data_parallel_mesh(self.device_mesh),
+                mixed_precision=hp.get("fsdp_mixed_precision", True),
+                activation_checkpointing=hp.get("activation_checkpointing", False),
+                forward_methods=("generate",),
+            )
+
+    def _warm_start(self, path: str) -> None:
+        copied = warm_start_from_image_model(self.net, TinyVideoLLMCaptioner(path).net)
+        log.info("started from the image captioner %s: %d tensors, %d shared tokens",
+                 path, copied["tensors"], copied["shared_tokens"])
 
     def _tiny_tokenizer(self):
         folder = self.hparams.tokenizer
@@ -159,8 +204,8 @@ class VideoLLMModule(L.LightningModule):
         return self.net(batch["video"], **inputs)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int):
-        if not batch["clip_id"]:
-            return None  # every clip of this batch failed to decode (counted by the DataModule)
+        if not batch["clip_id"]:  # every clip of this batch failed to decode (counted by the DataModule)
+            return self._no_clips_loss()
         out = self._score(batch, self._drop_transcripts(batch["asr"]))
         gamma = self.gamma_schedule.gamma if self.phase == "pretrain" else 0.0
         loss, stats = tailr_loss_with_stats(out.logits, out.labels, gamma, w_min=self.hparams.w_min)
@@ -170,11 +215,25 @@ class VideoLLMModule(L.LightningModule):
         self.log(f"train/{self.phase}_loss", loss, prog_bar=True, batch_size=len(batch["clip_id"]))
         return loss
 
+    def _no_clips_loss(self) -> torch.Tensor | None:
+        """Alone, skip the step. With other ranks, take part in it: they wait in the gradient
+        all-reduce (DDP) or the blocks' all-gathers (FSDP) for every rank, so this rank runs one
+        blank clip through the whole network and contributes a zero gradient."""
+        if self.trainer.world_size == 1:
+            return None
+        return self._score(self._blank_batch()).logits.sum() * 0.0
+
+    def _blank_batch(self) -> dict[str, Any]:
+        hp = self.hparams
+        return {"video": torch.zeros(1, hp.num_frames, 3, hp.image_size, hp.image_size, device=self.device),
+                "asr": [""], "caption": [""], "clip_id": ["<blank>"]}
+
     def _drop_transcripts(self, asrs: list[str]) -> list[str]:
-        """Blank each transcript with probability ``asr_dropout``; the draw depends on the step only,
-        so a resumed run drops the same ones."""
+        """Blank each pretraining transcript with probability ``asr_dropout``; the draw depends on the
+        step only, so a resumed run drops the same ones. SFT keeps every transcript: refining a
+        transcript against the video is the task the human examples teach."""
         rate = self.hparams.get("asr_dropout", 0.0)
-        if not rate:
+        if not rate or self.phase != "pretrain":
             return asrs
         g = torch.Generator().manual_seed(self.global_step)
         keep = torch.rand(len(asrs), generator=g) >= rate
@@ -182,6 +241,10 @@ class VideoLLMModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if not batch["clip_id"]:
+            if self.trainer.world_size > 1:  # keep step with the other ranks' collectives (sharded)
+                self._score(self._blank_batch())
+                if batch_idx < self.hparams.val_generate_batches:
+                    self.caption(self._blank_batch())
             return
         size = len(batch["clip_id"])
         out = self._score(batch)
@@ -202,6 +265,10 @@ class VideoLLMModule(L.LightningModule):
         assert self.net is not None
         hp = self.hparams
         extra = {"no_repeat_ngram_size": hp.no_repeat_ngram_size} if hp.get("no_repeat_ngram_size") else {}
+        if hp.get("sample_captions", False):
+            seed = hp.get("sample_seed", 0)
+            extra.update(sample_seeds=[clip_seed(c, seed) for c in batch["clip_id"]],
+                         temperature=hp.get("temperature", 1.0), top_p=hp.get("top_p", 0.9))
         return self.net.generate(
             batch["video"], batch["asr"], max_new_tokens=hp.max_new_tokens, num_beams=hp.num_beams, **extra
         )

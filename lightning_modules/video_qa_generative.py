@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 TOKENIZER_KEY = "video_qa_tokenizer"
 #: Arguments a VideoLLM checkpoint given as ``init_from`` must have been built with.
-NETWORK_KEYS = ("preset", "num_frames", "image_size", "conv_stem", "video_encoder_path", "language_model_path")
+NETWORK_KEYS = ("preset", "num_frames", "image_size", "conv_stem", "frame_difference", "video_encoder_path", "language_model_path")
 
 
 class GenerativeVideoQA(L.LightningModule):
@@ -63,6 +63,7 @@ class GenerativeVideoQA(L.LightningModule):
         num_frames: int = 8,
         image_size: int = 32,
         conv_stem: bool = False,
+        frame_difference: bool = False,
         instruction: str = "Answer the question about the video.",
         question_prefix: str = "Question:",
         answer_cue: str = "Answer:",
@@ -85,6 +86,7 @@ class GenerativeVideoQA(L.LightningModule):
             num_frames: frames per clip; must match the data.
             image_size: frame side in pixels; must match the data.
             conv_stem: ``tiny``/``smol``: convolutional patch embedding; must match ``init_from``.
+            frame_difference: ``tiny``/``smol``: frame differences as extra channels; ditto.
             instruction: the instruction after the visual tokens.
             question_prefix: the text before the question (the transcript slot of the template).
             answer_cue: the text after which the answer starts.
@@ -125,6 +127,7 @@ class GenerativeVideoQA(L.LightningModule):
             image_size=hp.image_size,
             num_frames=hp.num_frames,
             conv_stem=hp.conv_stem,
+            frame_difference=hp.frame_difference,
             instruction=hp.instruction,
             transcript_prefix=hp.question_prefix,
             caption_cue=hp.answer_cue,

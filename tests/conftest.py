@@ -1,4 +1,5 @@
-"""Shared test setup: offline hub, quiet threads, and one tiny synthetic world per session."""
+"""Shared test setup: offline hub, quiet threads, and one tiny synthetic world per session (twice:
+its pool as a folder and as tar shards)."""
 
 import os
 
@@ -20,5 +21,18 @@ def tiny_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("world") / "world"
     generate_world(
         out, num_videos=8, seed=3, msrvtt_train=8, msrvtt_test=4, msvd_videos=8, foundation_images=20, workers=1
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def wds_world(tmp_path_factory):
+    """``tiny_world`` again (same seed and sizes), its pool written as video2dataset tar shards."""
+    from datamodules.synthetic_world import generate_world
+
+    out = tmp_path_factory.mktemp("wds_world") / "world"
+    generate_world(
+        out, num_videos=8, seed=3, msrvtt_train=8, msrvtt_test=4, msvd_videos=8, foundation_images=20, workers=1,
+        pool_format="webdataset", videos_per_shard=3,
     )
     return out

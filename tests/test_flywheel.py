@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,8 +15,11 @@ import pytest
 from datamodules.annotation_sources import open_source
 from datamodules.annotation_store import RoundReader, ShardWriter, round_dir, write_manifest
 from datamodules.caption_checks import caption_failure
+from datamodules.caption_index import CaptionIndex, build_caption_index
 from datamodules.flywheel_schedule import FlywheelSchedule
 from train import cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_round0(world: Path, run: Path) -> None:
@@ -31,7 +35,9 @@ def flywheel_args(world: Path, run: Path, *extra: str) -> list[str]:
         "fit", "--config", "configs/demo/flywheel.yaml", "--world_dir", str(world), "--run_dir", str(run),
         "--data.init_args.rounds", "2", "--data.init_args.pretrain_epochs", "1", "--data.init_args.sft_epochs", "1",
         "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0", "--data.init_args.num_frames", "4",
-        "--model.init_args.max_new_tokens", "8", "--trainer.enable_progress_bar", "false", *extra,
+        "--model.init_args.max_new_tokens", "8", "--trainer.enable_progress_bar", "false",
+        "--model.init_args.init_from_ilm", "null",  # no image captioner here; tests/test_warm_start.py covers it
+        *extra,
     ]
 
 
@@ -128,3 +134,68 @@ def test_killed_mid_reannotation_resumes_without_loss_or_duplicates(tiny_world, 
         assert sorted(ids) == pool_ids(tiny_world), f"round {index}: every clip exactly once"
     stats = json.loads((round_dir(run, 1) / "part-00000.stats.json").read_text())
     assert stats["records"] == len(pool_ids(tiny_world))
+
+
+def test_caption_index_answers_by_clip_id_and_follows_its_round(tiny_world, tmp_path):
+    run = tmp_path / "run"
+    make_round0(tiny_world, run)
+    index = build_caption_index(round_dir(run, 0), tmp_path / "captions.sqlite")
+    records = list(RoundReader(round_dir(run, 0)))
+    with CaptionIndex(index) as lookup:
+        assert lookup.lookup([records[3]["clip_id"], "nowhere", records[0]["clip_id"]]) == {
+            records[3]["clip_id"]: records[3]["caption"], records[0]["clip_id"]: records[0]["caption"]}
+    with ShardWriter(round_dir(run, 0), 1) as writer:  # the round is rewritten: the index must follow
+        writer.write({**records[0], "clip_id": "extra", "caption": "new"})
+    write_manifest(round_dir(run, 0), 0)
+    with CaptionIndex(build_caption_index(round_dir(run, 0), index)) as lookup:
+        assert lookup.lookup(["extra"]) == {"extra": "new"}
+
+
+def test_resumed_reannotation_skips_what_a_cut_batch_had_written(tiny_world, tmp_path):
+    run = tmp_path / "run"
+    make_round0(tiny_world, run)
+    pool = list(open_source(tiny_world / "pool"))
+    writer = ShardWriter(round_dir(run, 1), 0)  # killed after batch 0 and half of batch 1 (batch size 4)
+    for record in pool[:6]:
+        writer.write({**record, "round": 1, "source": "before the kill"})
+    writer.close()
+    cli_main(flywheel_args(tiny_world, run, "--data.init_args.rounds", "1"))
+    records = list(RoundReader(round_dir(run, 1)))
+    assert [r["clip_id"] for r in records] == [r["clip_id"] for r in pool]  # in order, each once
+    assert [r["source"] for r in records[:6]] == ["before the kill"] * 6
+    assert not (round_dir(run, 1) / "previous_captions.sqlite").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.distributed
+def test_two_ranks_write_the_same_records_as_one_process(wds_world, tmp_path):
+    """Re-annotation of a tar-shard pool split over 2 gloo ranks: the very records of 1 process,
+    each clip once (no padding duplicates). lr 0 keeps both runs' models equal to the seeded init;
+    19 clips in batches of 3 give rank 0 four batches and rank 1 three (its last step is a placeholder)."""
+    pool = f"{wds_world}/pool/{{00000,00002}}.tar"
+    frozen = ("--data.init_args.rounds", "1", "--model.init_args.optimizer.init_args.lr", "0",
+              "--trainer.limit_train_batches", "1", "--data.init_args.pool", pool, "--data.init_args.batch_size", "3")
+    one, two = tmp_path / "one", tmp_path / "two"
+    for run in (one, two):
+        make_round0(wds_world, run)
+    cli_main(flywheel_args(wds_world, one, *frozen))
+    env = dict(os.environ, MASTER_PORT=str(_free_port()), OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    args = flywheel_args(wds_world, two, *frozen, "--trainer.strategy", "ddp", "--trainer.devices", "2")
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    def records(run):
+        return sorted(json.dumps(r, sort_keys=True) for r in RoundReader(round_dir(run, 1)))
+
+    assert records(two) == records(one)
+    reader = RoundReader(round_dir(two, 1))
+    assert reader.manifest["parts"] == ["part-00000.jsonl", "part-00001.jsonl"] and reader.manifest["world_size"] == 2
+    ids = [r["clip_id"] for r in reader]
+    assert sorted(ids) == sorted(r["clip_id"] for r in open_source(pool))  # each clip once
+    assert reader.manifest["records_per_part"] == {"part-00000.jsonl": 10, "part-00001.jsonl": 9}

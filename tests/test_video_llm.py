@@ -289,6 +289,28 @@ def test_conv_stem_rejects_bad_patches_and_checkpoints(tmp_path):
         VideoEncoder(checkpoint=tmp_path / "timesformer", conv_stem=True)
 
 
+@pytest.mark.parametrize("conv_stem", [False, True])
+def test_frame_difference_channels_see_change_only(conv_stem):
+    """The extra channels carry each frame minus the one before: a still video gives them nothing
+    to see, a moving one does; the token layout is unchanged."""
+    torch.manual_seed(0)
+    encoder = VideoEncoder(config=tiny_timesformer_config(), frame_difference=True, conv_stem=conv_stem).eval()
+    first = encoder.timesformer.embeddings.patch_embeddings.projection
+    first = first[0] if conv_stem else first
+    assert first.in_channels == 6
+    still = torch.randn(1, 1, 3, 32, 32).expand(2, 8, 3, 32, 32)
+    moving = moving_square("left", torch.Generator().manual_seed(0)).unsqueeze(0).expand(2, -1, -1, -1, -1)
+    with torch.no_grad():
+        before = {name: encoder(v) for name, v in (("still", still), ("moving", moving))}
+        first.weight[:, 3:] = 0.0  # blind the difference channels
+        after = {name: encoder(v) for name, v in (("still", still), ("moving", moving))}
+    assert before["still"].shape == (2, 65, 64)
+    torch.testing.assert_close(before["still"], after["still"])
+    assert not torch.allclose(before["moving"], after["moving"], atol=1e-3)
+    with pytest.raises(ValueError, match="checkpoint keeps its own"):
+        VideoEncoder(checkpoint="unused", frame_difference=True)
+
+
 def test_real_preset_from_local_checkpoints(tmp_path):
     """The `real` path (local TimeSformer + local causal LM + its tokenizer, bf16) on tiny stand-ins."""
     torch.manual_seed(0)

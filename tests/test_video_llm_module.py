@@ -154,3 +154,21 @@ def test_captions_never_repeat_a_trigram(tiny_world, tmp_path):
     assert repeats(module, batch) == 0
     module.hparams.no_repeat_ngram_size = 0
     assert repeats(module, batch) > 0, "the untrained model did not loop: the check above proves nothing"
+
+
+def test_a_rank_without_clips_still_takes_part_in_the_step(tiny_world, tmp_path):
+    """With other ranks, an all-undecodable batch becomes a zero loss over every parameter (so the
+    gradient all-reduce and FSDP's gathers see this rank); alone, the step is skipped."""
+    from types import SimpleNamespace
+
+    module = tiny_module(tiny_world, tmp_path)
+    module.configure_model()
+    empty = {"clip_id": [], "asr": [], "caption": [], "video": torch.zeros(0, 4, 3, 32, 32)}
+    module._trainer = SimpleNamespace(world_size=1)
+    assert module.training_step(empty, 0) is None
+    module._trainer = SimpleNamespace(world_size=2)
+    loss = module.training_step(empty, 0)
+    loss.backward()
+    assert loss.item() == 0.0
+    grads = [p.grad for p in module.parameters()]
+    assert all(g is not None and not g.any() for g in grads)

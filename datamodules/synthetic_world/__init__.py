@@ -12,10 +12,16 @@
     DIR/msrvtt/...                 MSR-VTT in its original formats
     DIR/msvd_qa/...                MSVD-QA in its original formats
 
+With ``--pool-format webdataset`` the pool is written as video2dataset writes it instead of
+``videos/`` and ``asr.json``: ``DIR/pool/00000.tar`` … (one sample per clip: ``{key}.mp4``,
+``{key}.txt``, ``{key}.json``) and ``DIR/pool/00000_stats.json`` …; the human examples point
+into the shards (``00000.tar/<key>.mp4``).
+
 Modules: ``lexicon`` (words, synonyms, mishearings, ``attributes_mentioned``), ``spec``
 (sampling what a segment shows), ``render`` (numpy drawing, PyAV encoding), ``captions``
 (clean paraphrases), ``asr_noise`` (the ASR noise model), ``downstream`` (MSR-VTT, MSVD-QA),
-``writer`` (deterministic files, atomic publication), ``generate`` (the orchestration).
+``writer`` (deterministic files, atomic publication), ``shards`` (the pool as tar shards),
+``generate`` (the orchestration).
 """
 
 from .lexicon import attributes_mentioned

@@ -5,6 +5,7 @@ import sys
 import time
 
 from .asr_noise import DEFAULT_NOISE_MIX, NOISE_DISTS
+from .writer import POOL_FORMATS
 
 
 def _noise_mix(text: str) -> tuple[float, float, float]:
@@ -70,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="MSVD-QA videos, split 60/10/30 into train/val/test")
     parser.add_argument("--size", type=int, default=64, help="frame side in pixels (even)")
     parser.add_argument("--fps", type=int, default=8, help="frames per second of all videos")
+    parser.add_argument("--pool-format", choices=POOL_FORMATS, default="folder",
+                        help="folder: pool/asr.json (HowTo100M format) + pool/videos/; webdataset: "
+                             "the pool as video2dataset writes it, tar shards pool/00000.tar … of "
+                             "one sample per clip ({key}.mp4, {key}.txt, {key}.json) and "
+                             "pool/00000_stats.json …")
+    parser.add_argument("--videos-per-shard", type=int, default=100,
+                        help="webdataset: source videos per tar shard (video2dataset's "
+                             "number_sample_per_shard)")
     parser.add_argument("--workers", type=int, default=2,
                         help="processes for drawing and encoding (results do not depend on it)")
     parser.add_argument("--overwrite", action="store_true",
@@ -91,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             foundation_images=args.foundation_images, msrvtt_train=args.msrvtt_train,
             msrvtt_test=args.msrvtt_test, msrvtt_videos=args.msrvtt_videos,
             msvd_videos=args.msvd_videos, size=args.size, fps=args.fps, workers=args.workers,
-            overwrite=args.overwrite, progress=not args.quiet)
+            overwrite=args.overwrite, progress=not args.quiet, pool_format=args.pool_format,
+            videos_per_shard=args.videos_per_shard)
     except (FileExistsError, ValueError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     if not args.quiet:

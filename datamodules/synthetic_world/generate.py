@@ -6,6 +6,7 @@ processes, so the number of workers cannot change any annotation byte.
 """
 
 import multiprocessing
+import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -18,12 +19,13 @@ from .captions import clean_caption, static_caption
 from .downstream import msrvtt_captions, msrvtt_files, msvd_split_sizes, qa_pairs, youtube_like_name
 from .lexicon import VALUES
 from .render import render_segment, write_image, write_video
+from .shards import clip_member_path, shard_of, write_shard
 from .spec import (
     PURPOSE_ASR, PURPOSE_CAPTION, PURPOSE_CONTENT, PURPOSE_NOISE_PLAN, STREAM_FOUNDATION,
     STREAM_MSRVTT, STREAM_MSVD, STREAM_POOL, STREAM_WORLD, SegmentSpec, rng_for, sample_clip,
     sample_still, sample_video,
 )
-from .writer import WORLD_FILE, staged_output, write_csv, write_json, write_jsonl, write_lines
+from .writer import POOL_FORMATS, WORLD_FILE, staged_output, write_csv, write_json, write_jsonl, write_lines
 
 FORMAT_VERSION = 1
 IMAGES_PER_JOB = 100
@@ -43,9 +45,14 @@ def _ground_truth(clip_id, video_id, split, segment: SegmentSpec, caption, start
     }
 
 
-def _validate(num_videos, noise_dist, noise_rate, noise_mix, human_fraction, size, fps, counts):
+def _validate(num_videos, noise_dist, noise_rate, noise_mix, human_fraction, size, fps, counts, pool_format,
+              videos_per_shard):
     if num_videos < 1:
         raise ValueError(f"num_videos must be at least 1, got {num_videos}")
+    if pool_format not in POOL_FORMATS:
+        raise ValueError(f"pool_format must be one of {POOL_FORMATS}, got {pool_format!r}")
+    if videos_per_shard < 1:
+        raise ValueError(f"videos_per_shard must be at least 1, got {videos_per_shard}")
     if noise_dist not in NOISE_DISTS:
         raise ValueError(f"noise_dist must be one of {NOISE_DISTS}, got {noise_dist!r}")
     if not 0.0 <= noise_rate <= 1.0:
@@ -66,8 +73,12 @@ def _validate(num_videos, noise_dist, noise_rate, noise_mix, human_fraction, siz
 # ----------------------------------------------------------------------------- media jobs
 
 def _render_job(root: str, job: tuple) -> int:
-    """Draw and encode one video (or a batch of images) under ``root``; returns files written."""
+    """Draw and encode one video, a batch of images or a pool shard under ``root``; returns files written."""
     kind, payload, size, fps = job
+    if kind == "shard":
+        shard, rows, videos_per_shard = payload
+        write_shard(Path(root) / "pool", shard, rows, videos_per_shard, fps)
+        return 1
     if kind == "png":
         for relpath, segment in payload:
             write_image(Path(root) / relpath, render_segment(segment, size)[0])
@@ -113,6 +124,8 @@ def generate_world(
     workers: int = 2,
     overwrite: bool = False,
     progress: bool = False,
+    pool_format: str = "folder",
+    videos_per_shard: int = 100,
 ) -> Path:
     """Write a complete synthetic world to ``out`` and return its path.
 
@@ -135,13 +148,19 @@ def generate_world(
         workers: processes for drawing and encoding; 0 or 1 renders in this process.
         overwrite: replace an existing world or non-empty folder at ``out``.
         progress: show a tqdm progress bar.
+        pool_format: ``folder`` (``pool/asr.json`` + ``pool/videos/``) or ``webdataset`` (the pool
+            as video2dataset tar shards ``pool/00000.tar`` …, one sample per clip; see ``shards``).
+        videos_per_shard: ``webdataset``: source videos per shard (video2dataset's
+            ``number_sample_per_shard``).
     """
     if msrvtt_videos is not None:
         msrvtt_train = int(round(0.75 * msrvtt_videos))
         msrvtt_test = msrvtt_videos - msrvtt_train
     counts = {"foundation_images": foundation_images, "msrvtt_train": msrvtt_train,
               "msrvtt_test": msrvtt_test, "msvd_videos": msvd_videos, "workers": workers}
-    _validate(num_videos, noise_dist, noise_rate, noise_mix, human_fraction, size, fps, counts)
+    _validate(num_videos, noise_dist, noise_rate, noise_mix, human_fraction, size, fps, counts, pool_format,
+              videos_per_shard)
+    shards = pool_format == "webdataset"
     noise_mix = tuple(float(w) for w in noise_mix)
     with staged_output(Path(out), overwrite) as root:
         jobs: list = []
@@ -150,7 +169,8 @@ def generate_world(
         # ---- pool: segmented source videos with noisy ASR
         (root / "pool" / "videos").mkdir(parents=True)
         asr: dict[str, dict] = {}
-        pool_clips: list[tuple[dict, str]] = []  # (ground truth row, asr text)
+        pool_clips: list[tuple[dict, str, str]] = []  # (ground truth row, asr text, video path)
+        shard_rows: dict[int, list[dict]] = {}
         noise_counts = dict.fromkeys(("clean", *NOISE_KINDS, "swapped"), 0)
         for i in range(num_videos):
             video_id = pool_video_id(i)
@@ -167,10 +187,20 @@ def generate_world(
                                     clean_caption(caption_rng, segment), segment.start,
                                     segment.end, asr_noise=kind)
                 ground_truth.append(row)
-                pool_clips.append((row, text))
+                path = clip_member_path(i, k, videos_per_shard) if shards else f"videos/{video_id}.mp4"
+                pool_clips.append((row, text, path))
                 noise_counts[kind] += 1
             jobs.append(("mp4", (f"pool/videos/{video_id}.mp4", segments), size, fps))
-        write_json(root / "pool" / "asr.json", asr)
+            if shards:
+                firsts = np.cumsum([0] + [s.num_frames for s in segments[:-1]]).tolist()
+                shard_rows.setdefault(shard_of(i, videos_per_shard), []).append({
+                    "index": i, "video_id": video_id, "source": f"videos/{video_id}.mp4",
+                    "frames": [(f, s.num_frames) for f, s in zip(firsts, segments)],
+                    "start": asr[video_id]["start"], "end": asr[video_id]["end"], "text": texts,
+                    "clip_ids": [make_clip_id(video_id, k) for k in range(len(segments))],
+                })
+        if not shards:  # the shards carry the transcripts instead
+            write_json(root / "pool" / "asr.json", asr)
 
         if human_fraction > 0:
             n_human = max(1, int(round(human_fraction * len(pool_clips))))
@@ -180,9 +210,9 @@ def generate_world(
             chosen = []
         human: list[AnnotationRecord] = []
         for index in sorted(int(c) for c in chosen):
-            row, text = pool_clips[index]
+            row, text, path = pool_clips[index]
             human.append(AnnotationRecord(
-                clip_id=row["clip_id"], video_path=f"videos/{row['video_id']}.mp4",
+                clip_id=row["clip_id"], video_path=path,
                 start=row["start"], end=row["end"], asr=text, caption=row["caption"],
                 round=-1, source="human"))
         write_jsonl(root / "pool" / "human_refined.jsonl", human)
@@ -249,6 +279,10 @@ def generate_world(
 
         write_jsonl(root / "ground_truth.jsonl", ground_truth)
         _render_all(root, jobs, workers, progress)
+        if shards:  # cut the rendered source videos into clip samples, then drop them
+            _render_all(root, [("shard", (shard, rows, videos_per_shard), size, fps)
+                               for shard, rows in shard_rows.items()], workers, progress)
+            shutil.rmtree(root / "pool" / "videos")
 
         # ---- the marker, written last
         write_json(root / WORLD_FILE, {
@@ -259,6 +293,7 @@ def generate_world(
                       "mix": dict(zip(NOISE_KINDS, noise_mix)), "counts": noise_counts},
             "video": {"size": size, "fps": fps, "segments_per_video": [3, 5],
                       "segment_seconds": [1.5, 2.5]},
+            "pool": {"format": pool_format, **({"videos_per_shard": videos_per_shard} if shards else {})},
             "counts": {
                 "pool_videos": num_videos, "pool_clips": len(pool_clips),
                 "human_refined": len(human), "foundation_images": foundation_images,

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 WORLD_FILE = "world.json"
+POOL_FORMATS = ("folder", "webdataset")  # pool/asr.json + pool/videos/, or video2dataset tar shards
 
 
 def write_json(path: Path, obj, indent: int | None = None) -> None:

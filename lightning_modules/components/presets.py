@@ -44,6 +44,7 @@ def build_video_llm(
     image_size: int = 32,
     num_frames: int = 8,
     conv_stem: bool = False,
+    frame_difference: bool = False,
     pad_token: str | None = None,
     dtype: torch.dtype | None = None,
     **video_llm_kwargs,
@@ -64,6 +65,7 @@ def build_video_llm(
         image_size: ``tiny``/``smol``: frame size of the demo TimeSformer.
         num_frames: ``tiny``/``smol``: frames per clip of the demo TimeSformer.
         conv_stem: ``tiny``/``smol``: embed patches with convolutions (see ``video_encoder.py``).
+        frame_difference: ``tiny``/``smol``: frame differences as extra input channels (ditto).
         pad_token: an existing token to pad with when a real tokenizer has none (e.g. ``"<unk>"``).
         dtype: parameter dtype; default fp32 for ``tiny``/``smol``, bf16 for ``real``.
         video_llm_kwargs: passed to ``VideoLLM`` (``instruction``, ``max_asr_tokens``, …).
@@ -87,6 +89,7 @@ def build_video_llm(
             config=tiny_timesformer_config(image_size=image_size, num_frames=num_frames),
             pool_grid=pool_grid or (min(4, num_frames), min(4, image_size // 8), min(4, image_size // 8)),
             conv_stem=conv_stem,
+            frame_difference=frame_difference,
         )
         if preset == "smol":
             lm, folder = load_smollm2(cache_dir, dtype=dtype or torch.float32)

@@ -99,6 +99,9 @@ class VideoEncoder(nn.Module):
             patch token (``T·(H/p)·(W/p)`` of them). Each entry must not exceed the grid's size.
         dtype: parameter dtype when loading a checkpoint (e.g. ``torch.bfloat16``).
         conv_stem: with ``config``, embed patches with a ``ConvStem`` instead of one linear map.
+        frame_difference: with ``config``, give the encoder each frame's difference from the
+            previous frame as extra channels (see the module docstring); ``config.num_channels``
+            counts the frame's channels only.
     """
 
     def __init__(
@@ -108,12 +111,16 @@ class VideoEncoder(nn.Module):
         pool_grid: tuple[int, int, int] | None = (4, 4, 4),
         dtype: torch.dtype | None = None,
         conv_stem: bool = False,
+        frame_difference: bool = False,
     ) -> None:
         super().__init__()
         if (config is None) == (checkpoint is None):
             raise ValueError("give exactly one of `config` and `checkpoint` to VideoEncoder")
         if conv_stem and checkpoint is not None:
             raise ValueError("conv_stem replaces the patch embedding; a pretrained checkpoint keeps its own")
+        if frame_difference and checkpoint is not None:
+            raise ValueError("frame_difference adds input channels; a pretrained checkpoint keeps its own")
+        self.frame_difference = frame_difference
         if checkpoint is not None:
             checkpoint = Path(checkpoint)
             if not (checkpoint / "config.json").is_file():
@@ -123,6 +130,8 @@ class VideoEncoder(nn.Module):
                 str(checkpoint), local_files_only=True, dtype=dtype
             )
         else:
+            if frame_difference:
+                config = TimesformerConfig(**{**config.to_dict(), "num_channels": 2 * config.num_channels})
             self.timesformer = TimesformerModel(config)
             if conv_stem:
                 self.timesformer.embeddings.patch_embeddings.projection = ConvStem(
@@ -155,6 +164,9 @@ class VideoEncoder(nn.Module):
                 f"got {t} frames of {h}×{w}"
             )
         dtype = self.timesformer.embeddings.patch_embeddings.projection.weight.dtype
+        if self.frame_difference:
+            previous = torch.cat([video[:, :1], video[:, :-1]], dim=1)
+            video = torch.cat([video, video - previous], dim=2)
         hidden = self.timesformer(pixel_values=video.to(dtype)).last_hidden_state  # [B, 1+P·T, D]
         cls, patches = hidden[:, :1], hidden[:, 1:]
         d = hidden.shape[-1]

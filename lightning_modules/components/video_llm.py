@@ -30,9 +30,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_modules.components.connector import MLPConnector
+from lightning_modules.components.seeded_sampling import SeededSampling
 from lightning_modules.components.tokenizer import validate_tokenizer
 from lightning_modules.components.video_encoder import VideoEncoder
 
@@ -271,6 +272,9 @@ class VideoLLM(nn.Module):
         num_beams: int = 1,
         do_sample: bool = False,
         seed: int | None = None,
+        sample_seeds: list[int] | None = None,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
         **generate_kwargs,
     ) -> list[str]:
         """Caption a batch of clips; returns one string per clip.
@@ -279,7 +283,18 @@ class VideoLLM(nn.Module):
         ``seed`` for reproducible sampling. Uses the LM's KV cache through HF ``generate`` on
         left-padded ``inputs_embeds``, so batched and one-at-a-time results agree. Extra keyword
         arguments go to the ``GenerationConfig`` (e.g. ``length_penalty``, ``min_new_tokens``).
+
+        ``sample_seeds`` (one per clip) samples at ``temperature`` from the nucleus ``top_p`` with
+        draws that belong to each clip (``components.seeded_sampling``): a clip's caption does not
+        depend on the rest of its batch. Not with beams or ``do_sample``.
         """
+        processors = LogitsProcessorList()
+        if sample_seeds is not None:
+            if num_beams != 1 or do_sample:
+                raise ValueError("sample_seeds is its own sampler: use it with num_beams=1 and do_sample=False")
+            if len(sample_seeds) != len(asrs):
+                raise ValueError(f"{len(asrs)} clips but {len(sample_seeds)} sample seeds")
+            processors.append(SeededSampling(sample_seeds, temperature=temperature, top_p=top_p))
         was_training = self.training
         self.eval()  # no dropout, whatever the caller's mode
         try:
@@ -306,7 +321,8 @@ class VideoLLM(nn.Module):
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", message="Passing `no_repeat_ngram_size` with `inputs_embeds`")
                     out = self.language_model.generate(
-                        inputs_embeds=embeds, attention_mask=mask, generation_config=config
+                        inputs_embeds=embeds, attention_mask=mask, generation_config=config,
+                        logits_processor=processors,
                     )
             return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
         finally:

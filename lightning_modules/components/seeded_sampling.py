@@ -1,0 +1,68 @@
+"""Sampling whose draws belong to each clip, not to the batch: the same clip gets the same caption
+whatever it is batched with, on whichever rank, in whatever order.
+
+HF ``generate(do_sample=True)`` draws every row from one global generator, so a clip's caption
+depends on its neighbours in the batch, and re-annotating a pool on 2 ranks would give other
+captions than on 1. ``SeededSampling`` is a logits processor for *greedy* decoding that adds
+Gumbel noise drawn from a generator seeded by (row seed, step): the arg-max of
+``log softmax(scores / T) + Gumbel`` is a sample from ``softmax(scores / T)`` (the Gumbel-max
+trick), restricted to the nucleus of mass ``top_p``. Tokens other processors ruled out (``-inf``,
+e.g. n-gram blocking) stay ruled out.
+
+Why sample at all: greedy decoding of a captioner returns the mode of its paraphrase
+distribution, so a pool re-annotated greedily collapses into a few templates (the diversity the
+flywheel must keep); sampling with a nucleus keeps the confident attribute words and varies the
+wording where the model learnt that several are fine.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+from torch import Tensor
+from transformers import LogitsProcessor
+
+__all__ = ["clip_seed", "SeededSampling"]
+
+
+def clip_seed(clip_id: str, seed: int) -> int:
+    """A stable 63-bit seed for one clip under a run seed (independent of Python's hash salt)."""
+    return (zlib.crc32(clip_id.encode()) << 31 ^ int(seed)) & (2**63 - 1)
+
+
+class SeededSampling(LogitsProcessor):
+    """Turns greedy decoding into per-row seeded sampling (see the module docstring).
+
+    Args:
+        seeds: one seed per batch row (``num_beams`` must be 1).
+        temperature: softmax temperature (> 0).
+        top_p: keep the smallest set of tokens whose probability reaches ``top_p`` (0 < top_p <= 1).
+    """
+
+    def __init__(self, seeds: list[int], temperature: float = 1.0, top_p: float = 1.0) -> None:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        self.seeds = [int(s) for s in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if scores.shape[0] != len(self.seeds):
+            raise ValueError(f"{scores.shape[0]} rows to sample but {len(self.seeds)} seeds")
+        step = input_ids.shape[1]
+        logp = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1:
+            sorted_logp, order = logp.sort(dim=-1, descending=True)
+            mass_before = sorted_logp.exp().cumsum(dim=-1) - sorted_logp.exp()
+            drop_sorted = mass_before >= self.top_p  # the top token always stays (mass before it is 0)
+            drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+            logp = logp.masked_fill(drop, float("-inf"))
+        noise = torch.empty_like(logp)
+        for row, seed in enumerate(self.seeds):
+            generator = torch.Generator().manual_seed((seed * 1_000_003 + step) & (2**63 - 1))
+            uniform = torch.rand(logp.shape[1], generator=generator).clamp_(1e-12, 1 - 1e-7)
+            noise[row] = -torch.log(-torch.log(uniform)).to(noise.device)
+        return logp + noise
