@@ -33,7 +33,8 @@ FLOPs of a training step (forward + backward = 3 × forward), N = matmul weights
   + 6·d·V·T_logits                            LM head, only over the caption span it computes
   + 6·N_video·T_video + 6·N_connector·T_visual
 
-The formula is cross-checked against torch's FlopCounterMode on one unsharded step.
+The formula is cross-checked against torch's FlopCounterMode on one unsharded step where that
+counter can count the attention (torch 2.11 cannot for grouped-query SDPA: then it says so).
 """
 
 from __future__ import annotations

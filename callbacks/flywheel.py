@@ -254,7 +254,8 @@ def _count_failure(stats: dict[str, Any], reason: str) -> None:
 def _placeholder(dm, device) -> dict[str, Any]:
     """One blank clip for a rank with nothing to caption while the others still caption."""
     hp = dm.opts
-    return {"video": torch.zeros(1, hp.num_frames, 3, hp.image_size, hp.image_size, device=device), "asr": [""]}
+    return {"video": torch.zeros(1, hp.num_frames, 3, hp.image_size, hp.image_size, device=device), "asr": [""],
+            "clip_id": ["<placeholder>"]}
 
 
 def _attempt(fn, *args) -> str | None:
