@@ -264,7 +264,9 @@ class _Clips(torch.utils.data.Dataset):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_readers_work_inside_dataloader_workers(videos, backend):
     dataset = _Clips(videos["mp4"], backend)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=3, num_workers=2, multiprocessing_context="fork")
+    # forkserver, as the project's loaders use: a plain fork of this many-threaded test process can
+    # deadlock in the child on a lock some other thread held at the fork
+    loader = torch.utils.data.DataLoader(dataset, batch_size=3, num_workers=2, multiprocessing_context="forkserver")
     batches = torch.cat(list(loader))
     assert torch.equal(batches, torch.stack([dataset[i] for i in range(len(dataset))]))
     assert frame_ids(batches[1]) == [10, 14, 18, 22]
