@@ -221,6 +221,8 @@ class VideoLLMModule(L.LightningModule):
         blank clip through the whole network and contributes a zero gradient."""
         if self.trainer.world_size == 1:
             return None
+        if self.phase == "pretrain":
+            self.gamma_schedule.update(0.0, 0)  # Γ's statistics are an all-reduce: join it with no tokens
         return self._score(self._blank_batch()).logits.sum() * 0.0
 
     def _blank_batch(self) -> dict[str, Any]:

@@ -167,7 +167,10 @@ def test_a_rank_without_clips_still_takes_part_in_the_step(tiny_world, tmp_path)
     module._trainer = SimpleNamespace(world_size=1)
     assert module.training_step(empty, 0) is None
     module._trainer = SimpleNamespace(world_size=2)
+    calls = []
+    module.gamma_schedule.update = lambda mean_p, num_tokens: calls.append(num_tokens)
     loss = module.training_step(empty, 0)
+    assert calls == [0]  # joins the other ranks' Γ all-reduce, adding no tokens
     loss.backward()
     assert loss.item() == 0.0
     grads = [p.grad for p in module.parameters()]
