@@ -57,7 +57,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine_info import machine  # noqa: E402
+from benchmarks.machine_info import describe, machine  # noqa: E402
 
 import lightning as L  # noqa: E402
 import psutil  # noqa: E402
@@ -330,9 +330,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         run_child(args.child)
         return None
     info = machine()
-    info["torch_threads"] = args.threads
-    print(f"machine: {info['cpu_count']} CPUs ({info['usable_cpus']} usable), torch threads {args.threads} per round, "
-          f"load average {info['load_average']}, {info['platform']}")
+    info["torch_threads"] = args.threads  # what each round's process uses
+    print(describe(info))
 
     results: dict[int, dict] = {}
     for size in args.sizes:

@@ -49,7 +49,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine_info import machine  # noqa: E402
+from benchmarks.machine_info import describe, machine  # noqa: E402
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
@@ -194,8 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     tokenizer = args.out / "tokenizer"  # trained by the first run, loaded by the others
     info = machine()
-    print(f"machine: {info['cpu_count']} CPUs ({info['usable_cpus']} usable), torch threads "
-          f"{info['torch_threads']}, load average {info['load_average']}, {info['platform']}")
+    print(describe(info))
 
     modes = {0: [], args.workers: []}
     for rep in range(args.repeats):

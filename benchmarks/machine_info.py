@@ -19,3 +19,9 @@ def machine() -> dict:
         "torch": torch.__version__,
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def describe(info: dict) -> str:
+    """One line for the top of a benchmark's output."""
+    return (f"machine: {info['cpu_count']} CPUs ({info['usable_cpus']} usable), torch threads "
+            f"{info['torch_threads']}, load average {info['load_average']}, {info['platform']}")

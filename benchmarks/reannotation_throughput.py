@@ -42,7 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine_info import machine  # noqa: E402
+from benchmarks.machine_info import describe, machine  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -192,8 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     info = machine()
-    print(f"machine: {info['cpu_count']} CPUs ({info['usable_cpus']} usable), torch threads "
-          f"{info['torch_threads']}, load average {info['load_average']}, {info['platform']}")
+    print(describe(info))
 
     pool = args.world / "pool"
     clip_list = args.out / "clips.jsonl"
