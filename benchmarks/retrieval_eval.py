@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> None:
         from lightning_modules.components.tokenizer import train_tokenizer
         from lightning_modules.dual_encoder import DualEncoder
 
-        model = DualEncoder(text_model="tiny", num_frames=8, image_size=32).eval()
+        model = DualEncoder(text_model="tiny", num_frames=8, image_size=32)
+        model.configure_model()
+        model.eval()
         model.net.text.set_tokenizer(train_tokenizer(["a red circle moves left on the beach"], vocab_size=4096))
         clips = torch.randn(100, 8, 3, 32, 32)
         captions = ["a big red circle moves left on the beach"] * 100

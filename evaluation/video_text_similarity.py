@@ -63,6 +63,7 @@ def load_dual_encoder(path: str | os.PathLike, device: str | torch.device = "cpu
         raise ValueError(f"{path}: a checkpoint of {class_path}, not of a dual encoder")
     accepted = set(inspect.signature(DualEncoder.__init__).parameters) - {"self", *TRAINING_ONLY_ARGS}
     model = DualEncoder(**{k: v for k, v in hparams.items() if k in accepted})
+    model.configure_model()
     try:
         model.load_initial_weights(str(path))  # strict weights + the stored tokenizer
     except RuntimeError as e:

@@ -18,7 +18,8 @@ One recipe, any data:
 ``test`` logs ``test/t2v/R@1`` … to the logger and writes ``metrics.json``, ``similarity.npy``
 and ``ranks.csv`` into the logger's log directory (``evaluation.retrieval``).
 
-The tiny text tower's word tokenizer is trained at ``setup`` on the DataModule's training text
+The towers are built in ``configure_model`` (then sharded under a sharded strategy); the tiny text
+tower's word tokenizer is trained there on the DataModule's training text
 (``texts()``, or the captions of ``train_source``) unless one is given or restored; it is stored
 inside every checkpoint and saved as ``<log_dir>/tokenizer`` for inspection.
 
@@ -42,7 +43,6 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from tokenizers import Tokenizer
-from torch.distributed.fsdp import FSDPModule
 from transformers import PreTrainedTokenizerFast, TimesformerConfig
 
 from evaluation.retrieval import evaluate_retrieval, write_retrieval_outputs
@@ -167,25 +167,39 @@ class DualEncoder(L.LightningModule):
         self.save_hyperparameters()
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
-        text = build_text_encoder(
-            text_model, tokenizer=tokenizer, vocab_size=text_vocab_size, pooling=text_pooling,
-            max_length=max_text_tokens,
-        )
-        video = self._video_encoder(video_checkpoint, video_config, num_frames, image_size)
-        self.net = DualEncoderNet(
-            video, text, embed_dim=embed_dim, video_pooling=video_pooling, temperature=temperature,
-            learn_temperature=learn_temperature, max_logit_scale=max_logit_scale,
-        )
-        if freeze_text:
-            self.net.text.requires_grad_(False)
+        if video_checkpoint is not None and not (Path(video_checkpoint) / "config.json").is_file():
+            raise FileNotFoundError(f"model.video_checkpoint: no TimeSformer checkpoint (config.json) in {video_checkpoint}")
+        self.net: DualEncoderNet | None = None  # built in configure_model
         self._eval_outputs: list[dict[str, Any]] = []
         self._restored_trained_with: str | None = None
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
+    # ---- construction: towers, weights to start from, tokenizer, sharding ---------------------
     def configure_model(self) -> None:
-        # The towers are built in __init__ (setup loads init_from weights and the tokenizer into them
-        # before this hook runs); a sharded strategy shards them here, each rank keeping its shard.
-        if self.device_mesh is None or isinstance(self.net, FSDPModule):
+        """Build the towers once. In a run (attached to a trainer) that does not resume, then load
+        ``init_from`` and train the tiny tokenizer; under a sharded strategy, shard last, so every
+        rank holds the same weights before keeping its shard. Call it yourself on a model built
+        outside a trainer (``load_from_checkpoint`` does)."""
+        if self.net is not None:
+            return
+        hp = self.hparams
+        text = build_text_encoder(
+            hp.text_model, tokenizer=hp.tokenizer, vocab_size=hp.text_vocab_size, pooling=hp.text_pooling,
+            max_length=hp.max_text_tokens,
+        )
+        video = self._video_encoder(hp.video_checkpoint, hp.video_config, hp.num_frames, hp.image_size)
+        self.net = DualEncoderNet(
+            video, text, embed_dim=hp.embed_dim, video_pooling=hp.video_pooling, temperature=hp.temperature,
+            learn_temperature=hp.learn_temperature, max_logit_scale=hp.max_logit_scale,
+        )
+        if hp.freeze_text:
+            self.net.text.requires_grad_(False)
+        if self._trainer is not None and self.trainer.ckpt_path is None:  # resuming loads its own
+            if hp.init_from:
+                self.load_initial_weights(hp.init_from)
+            if self.net.text.tokenizer is None:
+                self._train_tokenizer()
+        if self.device_mesh is None:
             return
         shard_model(
             self.net,
@@ -211,14 +225,6 @@ class DualEncoder(L.LightningModule):
                 f"model.num_frames and model.image_size (and the data's) to match"
             )
         return VideoEncoder(checkpoint=checkpoint, pool_grid=(num_frames, 1, 1))
-
-    # ---- setup: weights to start from, tokenizer --------------------------------------------
-    def setup(self, stage: str) -> None:
-        resuming = self.trainer.ckpt_path is not None  # the checkpoint's weights will be loaded instead
-        if self.hparams.init_from and not resuming:
-            self.load_initial_weights(self.hparams.init_from)
-        if self.net.text.tokenizer is None and not resuming:
-            self._train_tokenizer()
 
     def load_initial_weights(self, path: str) -> None:
         """Load model weights (and a stored tokenizer) from a checkpoint file; optimizer state is not."""

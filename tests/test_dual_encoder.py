@@ -344,6 +344,7 @@ def test_an_empty_batch_is_skipped(tiny_world):
     import lightning as L
 
     model = DualEncoder(text_model="tiny", num_frames=4, embed_dim=16)
+    model.configure_model()
     model.net.text.set_tokenizer(train_tokenizer(WORDS, vocab_size=4096))
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     model.trainer = trainer
@@ -356,6 +357,7 @@ def test_a_locked_text_tower_is_cached_and_stays_fixed():
 
     torch.manual_seed(0)
     model = DualEncoder(text_model="tiny", freeze_text=True, text_cache_size=3, num_frames=4, embed_dim=16)
+    model.configure_model()
     model.net.text.set_tokenizer(train_tokenizer(WORDS, vocab_size=4096))
     model.train()
     assert not model.net.text.training and model.net.video.training

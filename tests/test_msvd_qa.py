@@ -164,6 +164,7 @@ def dual_encoder_checkpoint(tmp_path: Path, embed_dim: int = 32) -> Path:
 
     torch.manual_seed(1)
     model = DualEncoder(text_model="tiny", num_frames=4, embed_dim=embed_dim)
+    model.configure_model()
     tokenizer = train_tokenizer(["a red circle moves left", "what color is the ring"], vocab_size=4096)
     path = tmp_path / "dual_encoder.ckpt"
     hparams = {k: v for k, v in model.hparams.items() if k not in ("optimizer", "lr_scheduler")}  # plain data only
