@@ -49,10 +49,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine_info import describe, machine  # noqa: E402
+from benchmarks.machine_info import start_run  # noqa: E402
 
 import lightning as L  # noqa: E402
-import torch  # noqa: E402
 from lightning.pytorch.profilers import Profiler  # noqa: E402
 
 from datamodules.annotation_store import atomic_write_json  # noqa: E402
@@ -189,12 +188,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
+    info = start_run(args.out, args.threads)
     tokenizer = args.out / "tokenizer"  # trained by the first run, loaded by the others
-    info = machine()
-    print(describe(info))
 
     modes = {0: [], args.workers: []}
     for rep in range(args.repeats):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 import torch
 
@@ -25,3 +26,14 @@ def describe(info: dict) -> str:
     """One line for the top of a benchmark's output."""
     return (f"machine: {info['cpu_count']} CPUs ({info['usable_cpus']} usable), torch threads "
             f"{info['torch_threads']}, load average {info['load_average']}, {info['platform']}")
+
+
+def start_run(out: Path, threads: int) -> dict:
+    """A benchmark's common start: its torch threads (0 keeps torch's default), its output folder,
+    and the machine, printed; returns the machine."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    out.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    print(describe(info))
+    return info

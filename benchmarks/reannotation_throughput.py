@@ -42,7 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine_info import describe, machine  # noqa: E402
+from benchmarks.machine_info import start_run  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -188,11 +188,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    info = machine()
-    print(describe(info))
+    info = start_run(args.out, args.threads)
 
     pool = args.world / "pool"
     clip_list = args.out / "clips.jsonl"

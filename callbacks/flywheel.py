@@ -19,8 +19,8 @@ killed while annotating continues with the same model. Then:
   (``caption_index``), built once by rank 0: no round is held in memory.
 - Lockstep and failures: before each batch the ranks agree (``rank_sync``) whether any of them
   still has one; a rank whose share is done, or whose batch failed to decode entirely, captions a
-  placeholder clip, so that a sharded model's collectives line up. The same agreement carries
-  failures, within ``sync_timeout_s``: a rank whose loading fails for good (a dead DataLoader
+  blank clip (``VideoLLMModule.blank_batch``), so that a sharded model's collectives line up. The
+  same agreement carries failures, within ``sync_timeout_s``: a rank whose loading fails for good (a dead DataLoader
   worker is first restarted, ``loader_restarts``) or that raises posts its error, which names the
   rank and shard, and every rank stops with it; a rank that does not report in time is named.
 """
@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from tqdm import tqdm
 
 from callbacks.rank_sync import RankFailure, RankSync
@@ -154,7 +153,7 @@ class FlywheelCallback(L.Callback):
                     if not sync.agree(work=batch is not None):
                         break
                     if sync.active and (batch is None or not batch["clip_id"]):
-                        module.caption(_placeholder(dm, module.device))  # keeps a sharded model's collectives in step
+                        module.caption(module.blank_batch())  # keeps a sharded model's collectives in step
                     if batch is None:
                         continue
                     _check_resume(tail, batch, writer, start_batch)
@@ -249,13 +248,6 @@ def _record(batch: dict[str, Any], i: int, caption: str, index: int) -> dict[str
 
 def _count_failure(stats: dict[str, Any], reason: str) -> None:
     stats["failures"][reason] = stats["failures"].get(reason, 0) + 1
-
-
-def _placeholder(dm, device) -> dict[str, Any]:
-    """One blank clip for a rank with nothing to caption while the others still caption."""
-    hp = dm.opts
-    return {"video": torch.zeros(1, hp.num_frames, 3, hp.image_size, hp.image_size, device=device), "asr": [""],
-            "clip_id": ["<placeholder>"]}
 
 
 def _attempt(fn, *args) -> str | None:

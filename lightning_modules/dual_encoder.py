@@ -167,8 +167,8 @@ class DualEncoder(L.LightningModule):
         self.save_hyperparameters()
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
-        if video_checkpoint is not None and not (Path(video_checkpoint) / "config.json").is_file():
-            raise FileNotFoundError(f"model.video_checkpoint: no TimeSformer checkpoint (config.json) in {video_checkpoint}")
+        if video_checkpoint is not None:
+            _check_video_checkpoint(video_checkpoint)  # now, not at fit start
         self.net: DualEncoderNet | None = None  # built in configure_model
         self._eval_outputs: list[dict[str, Any]] = []
         self._restored_trained_with: str | None = None
@@ -216,8 +216,7 @@ class DualEncoder(L.LightningModule):
             if config.num_frames != num_frames or config.image_size != image_size:
                 raise ValueError("set num_frames and image_size as model arguments, not in video_config")
             return VideoEncoder(config=config, pool_grid=(num_frames, 1, 1))
-        if not (Path(checkpoint) / "config.json").is_file():
-            raise FileNotFoundError(f"model.video_checkpoint: no TimeSformer checkpoint (config.json) in {checkpoint}")
+        _check_video_checkpoint(checkpoint)
         config = TimesformerConfig.from_pretrained(checkpoint, local_files_only=True)
         if (config.num_frames, config.image_size) != (num_frames, image_size):
             raise ValueError(
@@ -440,3 +439,8 @@ class DualEncoder(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.lr_scheduler_interval}}
+
+
+def _check_video_checkpoint(checkpoint: str) -> None:
+    if not (Path(checkpoint) / "config.json").is_file():
+        raise FileNotFoundError(f"model.video_checkpoint: no TimeSformer checkpoint (config.json) in {checkpoint}")

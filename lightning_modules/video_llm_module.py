@@ -223,9 +223,11 @@ class VideoLLMModule(L.LightningModule):
             return None
         if self.phase == "pretrain":
             self.gamma_schedule.update(0.0, 0)  # Γ's statistics are an all-reduce: join it with no tokens
-        return self._score(self._blank_batch()).logits.sum() * 0.0
+        return self._score(self.blank_batch()).logits.sum() * 0.0
 
-    def _blank_batch(self) -> dict[str, Any]:
+    def blank_batch(self) -> dict[str, Any]:
+        """One all-zero clip with empty text: what a rank with nothing to process runs so that its
+        collectives line up with the other ranks'."""
         hp = self.hparams
         return {"video": torch.zeros(1, hp.num_frames, 3, hp.image_size, hp.image_size, device=self.device),
                 "asr": [""], "caption": [""], "clip_id": ["<blank>"]}
@@ -244,9 +246,9 @@ class VideoLLMModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if not batch["clip_id"]:
             if self.trainer.world_size > 1:  # keep step with the other ranks' collectives (sharded)
-                self._score(self._blank_batch())
+                self._score(self.blank_batch())
                 if batch_idx < self.hparams.val_generate_batches:
-                    self.caption(self._blank_batch())
+                    self.caption(self.blank_batch())
             return
         size = len(batch["clip_id"])
         out = self._score(batch)

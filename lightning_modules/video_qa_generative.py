@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 TOKENIZER_KEY = "video_qa_tokenizer"
 #: Arguments a VideoLLM checkpoint given as ``init_from`` must have been built with.
-NETWORK_KEYS = ("preset", "num_frames", "image_size", "conv_stem", "frame_difference", "video_encoder_path", "language_model_path")
+NETWORK_KEYS = ("preset", "num_frames", "image_size", "conv_stem", "frame_difference", "video_encoder_path",
+                "language_model_path")
 
 
 class GenerativeVideoQA(L.LightningModule):
