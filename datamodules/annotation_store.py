@@ -273,21 +273,13 @@ class ShardWriter:
             self.close()
 
 
-def done_clip_ids(round_path: str | os.PathLike) -> frozenset[str]:
-    """Clips already stored in a round folder, finished shards and ``.partial`` ones alike."""
+def stored_records(round_path: str | os.PathLike) -> Iterator[AnnotationRecord]:
+    """Stream the records a round folder holds so far, finished shards and ``.partial`` ones alike
+    (a torn last line is a counted skip, so its clip is done again)."""
     round_path = Path(round_path)
-    if not round_path.is_dir():
-        return frozenset()
-    done: set[str] = set()
-    for path in sorted(round_path.glob("part-*.jsonl")):
-        done |= _clip_ids(path)
-    for path in sorted(round_path.glob(f"part-*.jsonl{PARTIAL_SUFFIX}")):
-        done |= _clip_ids(path)  # a torn last line is a counted skip, so it is done again
-    return frozenset(done)
-
-
-def _clip_ids(path: Path) -> set[str]:
-    return {r["clip_id"] for r in JsonlRecordReader([path])}
+    if round_path.is_dir():
+        paths = sorted(round_path.glob("part-*.jsonl")) + sorted(round_path.glob(f"part-*.jsonl{PARTIAL_SUFFIX}"))
+        yield from JsonlRecordReader(paths)
 
 
 def _stored(path: Path, track_ids: bool) -> tuple[set[str] | None, int]:

@@ -4,38 +4,27 @@
 
     {"<video_id>": {"start": [0.0, 2.1], "end": [2.1, 4.0], "text": ["...", "..."]}}
 
-Each segment is one clip. Videos live in ``<pool>/videos/<video_id>.mp4``. A segment with an
+Each segment is one clip. Videos live in ``<pool>/videos/<video_id>.mp4``. The file is streamed
+video by video (``json_object_stream``), never loaded whole. A segment with an
 empty or undecodable (non-UTF-8) transcript is skipped, counted and logged, not fatal; a
 structurally broken entry is an error that names the file and the video id.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from datamodules.annotation_store import AnnotationFormatError
+from datamodules.json_object_stream import iter_json_object
 from datamodules.records import AnnotationRecord, make_clip_id
 
 log = logging.getLogger(__name__)
 
 ASR_FILE = "asr.json"
 VIDEO_DIR = "videos"
-
-
-def load_asr_file(path: str | os.PathLike) -> dict:
-    """Parse ``asr.json``; invalid UTF-8 bytes survive as surrogates so only their segment is lost."""
-    raw = Path(path).read_bytes()
-    try:
-        data = json.loads(raw.decode("utf-8", errors="surrogateescape"))
-    except json.JSONDecodeError as e:
-        raise AnnotationFormatError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    if not isinstance(data, dict):
-        raise AnnotationFormatError(f"{path}: expected an object mapping video ids to transcripts")
-    return data
 
 
 def _is_clean_text(text: object) -> bool:
@@ -65,8 +54,7 @@ class AsrPoolReader:
         return self.pool_dir
 
     def __iter__(self) -> Iterator[AnnotationRecord]:
-        data = load_asr_file(self.asr_path)
-        for video_id, entry in data.items():
+        for video_id, entry in iter_json_object(self.asr_path):
             if not isinstance(entry, dict) or not all(isinstance(entry.get(k), list) for k in ("start", "end", "text")):
                 raise AnnotationFormatError(f"{self.asr_path}: video {video_id!r} needs lists 'start', 'end' and 'text'")
             starts, ends, texts = entry["start"], entry["end"], entry["text"]

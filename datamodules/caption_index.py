@@ -1,5 +1,8 @@
 """A round's captions by clip id, looked up without loading the round: an SQLite file on disk.
 
+Also the set of clips an unfinished round already holds (``snapshot_stored_clips``), which a
+resumed initial refinement skips.
+
 Re-annotation keeps a clip's previous caption when the new one fails the sanity checks or the
 clip cannot be decoded. A dict of the previous round would hold that whole round in memory; this
 index holds it on disk (``clip_id`` is the primary key) and answers one batch of ids at a time.
@@ -16,7 +19,7 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
-from datamodules.annotation_store import RoundReader, read_manifest
+from datamodules.annotation_store import RoundReader, read_manifest, stored_records
 
 INSERT_CHUNK = 10_000
 LOOKUP_CHUNK = 500  # below SQLite's limit on bound parameters on every build
@@ -29,6 +32,16 @@ def build_caption_index(round_path: str | os.PathLike, index_path: str | os.Path
     tag = _tag(round_path)
     if index_path.is_file() and _read_tag(index_path) == tag:
         return index_path
+    return _write_index(RoundReader(round_path), tag, index_path)
+
+
+def snapshot_stored_clips(round_path: str | os.PathLike, index_path: str | os.PathLike) -> Path:
+    """Index what an unfinished round already holds (finished and ``.partial`` shards), as it is
+    now: a resumed run skips these clips. Always rebuilt; returns ``index_path``."""
+    return _write_index(stored_records(round_path), "stored", Path(index_path))
+
+
+def _write_index(records: Iterable[dict], tag: str, index_path: Path) -> Path:
     index_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = index_path.with_name(f".{index_path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
@@ -38,7 +51,7 @@ def build_caption_index(round_path: str | os.PathLike, index_path: str | os.Path
         con.execute("CREATE TABLE captions (clip_id TEXT PRIMARY KEY, caption TEXT NOT NULL) WITHOUT ROWID")
         con.execute("CREATE TABLE meta (tag TEXT NOT NULL)")
         rows: list[tuple[str, str]] = []
-        for record in RoundReader(round_path):
+        for record in records:
             rows.append((record["clip_id"], record["caption"]))
             if len(rows) >= INSERT_CHUNK:
                 _insert(con, rows)
@@ -92,6 +105,9 @@ class CaptionIndex:
             marks = ",".join("?" * len(chunk))
             found.update(self._con.execute(f"SELECT clip_id, caption FROM captions WHERE clip_id IN ({marks})", chunk))
         return found
+
+    def __contains__(self, clip_id: str) -> bool:
+        return self._con.execute("SELECT 1 FROM captions WHERE clip_id = ?", (clip_id,)).fetchone() is not None
 
     def close(self) -> None:
         self._con.close()

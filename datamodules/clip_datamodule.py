@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -18,11 +19,13 @@ from lightning.fabric.utilities.data import AttributeDict
 from torch.utils.data import DataLoader
 
 from datamodules.annotation_sources import iter_source, open_source, source_exists
-from datamodules.annotation_store import done_clip_ids
+from datamodules.caption_index import CaptionIndex, snapshot_stored_clips
 from datamodules.streaming_dataset import ClipStream, in_split
 from datamodules.video_transforms import build_video_transform
 
 log = logging.getLogger(__name__)
+
+STORED_CLIPS_INDEX = ".stored_clips.sqlite"  # inside the round folder being resumed
 
 
 class ResumableLoader(DataLoader):
@@ -116,6 +119,17 @@ class ClipCaptionDataModule(L.LightningDataModule):
             world_size=world,
         )
 
+    def _snapshot_stored_clips(self) -> Path:
+        """Rank 0 indexes the clips ``exclude_clips`` holds before any rank writes again; every
+        rank then reads that one snapshot, so all agree on which clips are left and how they split."""
+        path = Path(self.opts.exclude_clips) / STORED_CLIPS_INDEX
+        attached = self._trainer_attached()
+        if not attached or self.trainer.is_global_zero:
+            snapshot_stored_clips(self.opts.exclude_clips, path)
+        if attached:
+            self.trainer.strategy.barrier("stored-clips-snapshot")
+        return path
+
     def _trainer_attached(self) -> bool:
         return getattr(self, "trainer", None) is not None
 
@@ -140,7 +154,7 @@ class ClipCaptionDataModule(L.LightningDataModule):
         source = self.opts.predict_source or self.opts.train_source
         keep = None
         if self.opts.exclude_clips is not None:
-            keep = functools.partial(_not_in, done=done_clip_ids(self.opts.exclude_clips))
+            keep = functools.partial(_not_in, done=StoredClips(self._snapshot_stored_clips()))
         stream = self._stream(source, train=False, keep=keep, drop_uneven=False)
         return self._loader(stream, lambda: (0, 0))
 
@@ -180,7 +194,23 @@ class ClipCaptionDataModule(L.LightningDataModule):
         self.skipped_total = state_dict["skipped_total"]
 
 
-def _not_in(record, done: frozenset[str]) -> bool:
+class StoredClips:
+    """Membership in a stored-clips snapshot; each DataLoader worker opens its own connection."""
+
+    def __init__(self, index_path: Path) -> None:
+        self.index_path = index_path
+        self._index: CaptionIndex | None = None
+
+    def __contains__(self, clip_id: str) -> bool:
+        if self._index is None:
+            self._index = CaptionIndex(self.index_path)
+        return clip_id in self._index
+
+    def __getstate__(self) -> dict:
+        return {"index_path": self.index_path, "_index": None}
+
+
+def _not_in(record, done: StoredClips) -> bool:
     return record["clip_id"] not in done
 
 

@@ -1,8 +1,11 @@
 import json
+import pickle
 
 import pytest
 
 from datamodules.annotation_sources import open_source
+from datamodules.caption_index import snapshot_stored_clips
+from datamodules.clip_datamodule import StoredClips
 from datamodules.annotation_store import (
     AnnotationFormatError,
     JsonlRecordReader,
@@ -161,3 +164,28 @@ def test_open_source_rejects_unknown_paths(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(ValueError, match="not an annotation source"):
         open_source(tmp_path / "notes.txt")
+
+
+def test_the_stored_clips_snapshot_holds_finished_and_partial_shards_but_not_a_torn_line(tmp_path):
+    round_path = tmp_path / "round_000"
+    with ShardWriter(round_path, 0) as finished:
+        finished.write(record(0))
+    unfinished = ShardWriter(round_path, 1)
+    unfinished.write(record(1))
+    unfinished.close()
+    with open(unfinished.partial, "a") as f:
+        f.write(json.dumps(record(2))[:20])  # killed mid-line
+    index = snapshot_stored_clips(round_path, round_path / ".stored.sqlite")
+    done = pickle.loads(pickle.dumps(StoredClips(index)))  # as a DataLoader worker gets it
+    assert record(0)["clip_id"] in done and record(1)["clip_id"] in done
+    assert record(2)["clip_id"] not in done  # the torn record is done again
+
+    later = ShardWriter(round_path, 2)
+    later.write(record(3))  # written after the snapshot: a snapshot does not move
+    later.close()
+    assert record(3)["clip_id"] not in done
+    assert record(3)["clip_id"] in StoredClips(snapshot_stored_clips(round_path, round_path / ".stored.sqlite"))
+
+
+def test_a_missing_round_folder_has_no_stored_clips(tmp_path):
+    assert "any" not in StoredClips(snapshot_stored_clips(tmp_path / "round_000", tmp_path / "stored.sqlite"))
