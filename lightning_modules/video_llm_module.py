@@ -61,6 +61,7 @@ class VideoLLMModule(L.LightningModule):
         asr_dropout: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: str = "step",
         max_new_tokens: int = 32,
         num_beams: int = 1,
         no_repeat_ngram_size: int = 3,
@@ -102,6 +103,9 @@ class VideoLLMModule(L.LightningModule):
                 and ignore the video; dropping it forces the caption to come from the frames.
             optimizer: optimizer factory, e.g. ``torch.optim.AdamW`` with its ``lr``.
             scheduler: optional learning-rate scheduler factory.
+            scheduler_interval: ``step`` or ``epoch``: when the scheduler steps. ``epoch`` lets a
+                schedule count in epochs, e.g. a cosine restarted every flywheel round
+                (``CosineAnnealingWarmRestarts`` with ``T_0`` = a round's epochs).
             max_new_tokens: caption length limit when generating.
             num_beams: 1 = greedy decoding, more = beam search.
             no_repeat_ngram_size: no n-gram of this size is generated twice in a caption (0 = off):
@@ -122,6 +126,8 @@ class VideoLLMModule(L.LightningModule):
             raise ValueError(f"model.preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
         if phase not in PHASES:
             raise ValueError(f"model.phase: must be one of {PHASES}, got {phase!r}")
+        if scheduler_interval not in ("step", "epoch"):
+            raise ValueError(f"model.scheduler_interval: must be 'step' or 'epoch', got {scheduler_interval!r}")
         if not 0.0 <= asr_dropout <= 1.0:
             raise ValueError(f"model.asr_dropout: must be in [0, 1], got {asr_dropout}")
         if preset == "tiny" and tokenizer is None and not tokenizer_sources:
@@ -287,7 +293,8 @@ class VideoLLMModule(L.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+        scheduler = {"scheduler": self.scheduler_factory(optimizer), "interval": self.hparams.scheduler_interval}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["gamma_schedule"] = self.gamma_schedule.state_dict()

@@ -111,6 +111,23 @@ def test_bad_configuration_names_the_key(tiny_world, tmp_path):
         VideoLLMModule(preset="tiny")
     with pytest.raises(ValueError, match="model.phase"):
         VideoLLMModule(tokenizer_sources=[str(tiny_world / "pool")], phase="finetune")
+    with pytest.raises(ValueError, match="model.scheduler_interval: must be 'step' or 'epoch', got 'round'"):
+        VideoLLMModule(tokenizer_sources=[str(tiny_world / "pool")], scheduler_interval="round")
+
+
+@pytest.mark.parametrize("interval, changes", [("step", 5), ("epoch", 2)])
+def test_the_scheduler_steps_by_the_configured_interval(tiny_world, tmp_path, interval, changes):
+    lrs = []
+
+    class RecordLr(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    module = tiny_module(tiny_world, tmp_path, scheduler_interval=interval,
+                         scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
+    trainer(tmp_path, interval, max_epochs=3, limit_train_batches=2, callbacks=[RecordLr()]).fit(
+        module, datamodule=tiny_data(tiny_world))
+    assert len(lrs) == 6 and sum(a != b for a, b in zip(lrs, lrs[1:])) == changes
 
 
 def test_attribute_agreement_counts_only_judged_attributes():
