@@ -24,6 +24,7 @@ VideoLLM prompt words) and saves it there unless the folder already holds one; p
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import zlib
@@ -171,7 +172,7 @@ class ImageCaptionDataModule(L.LightningDataModule):
         from lightning_modules.components.tokenizer import save_tokenizer, train_tokenizer
         from lightning_modules.components.video_llm import prompt_words
 
-        texts = [*prompt_words(), *(row["caption"] for row in read_image_captions(self.caption_path))]
+        texts = itertools.chain(prompt_words(), (row["caption"] for row in read_image_captions(self.caption_path)))
         save_tokenizer(train_tokenizer(texts, kind="word"), folder)
         log.info("trained a word-level tokenizer on %s into %s", self.caption_path, folder)
 

@@ -10,6 +10,7 @@ attributes as the reference captions. ``predict_step`` captions clips for re-ann
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 from typing import Any
@@ -191,11 +192,10 @@ class VideoLLMModule(L.LightningModule):
         folder = self.hparams.tokenizer
         if folder is not None and (Path(folder) / "tokenizer.json").is_file():
             return load_tokenizer(folder)
-        texts = list(prompt_words())
-        for source in self.hparams.tokenizer_sources or []:
-            for record in open_source(source):
-                texts.append(record["asr"])
-                texts.append(record["caption"])
+        # Streamed: the trainer counts words as the records go by; no source is held in memory.
+        texts = itertools.chain(prompt_words(), (
+            text for source in self.hparams.tokenizer_sources or [] for record in open_source(source)
+            for text in (record["asr"], record["caption"])))
         tokenizer = train_tokenizer(texts, kind="word")
         if folder is not None:
             _save_tokenizer_once(tokenizer, folder)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def build_video_llm(
                     raise ValueError("preset 'tiny' needs `tokenizer` or `tokenizer_texts` to train one on")
                 instruction = video_llm_kwargs.get("instruction")
                 words = prompt_words(instruction) if instruction else prompt_words()
-                tok = train_tokenizer([*words, *tokenizer_texts], kind="word")
+                tok = train_tokenizer(itertools.chain(words, tokenizer_texts), kind="word")
             else:
                 tok = _tokenizer(tokenizer, default=None, pad_token=pad_token)
             lm = tiny_llama(
