@@ -52,6 +52,7 @@ class VideoLLMModule(L.LightningModule):
         num_frames: int = 8,
         image_size: int = 32,
         conv_stem: bool = False,
+        pool_grid: tuple[int, int, int] | None = None,
         frame_difference: bool = False,
         init_from_ilm: str | None = None,
         max_asr_tokens: int = 64,
@@ -88,6 +89,8 @@ class VideoLLMModule(L.LightningModule):
             num_frames: frames per clip; must match the data.
             image_size: frame side in pixels; must match the data.
             conv_stem: ``tiny``/``smol``: convolutional patch embedding (see ``components.video_encoder``).
+            pool_grid: ``(t, h, w)`` grid the video tokens are average-pooled to, i.e. t·h·w visual
+                tokens in the prompt; None = the preset's default (``components.presets``).
             frame_difference: ``tiny``/``smol``: frame differences as extra input channels (ditto).
             init_from_ilm: ``tiny``: a single-frame tiny VideoLLM checkpoint (the round-0 image
                 captioner, ``configs/demo/ilm_pretrain.yaml``) to start a new fit from, the way a
@@ -168,6 +171,7 @@ class VideoLLMModule(L.LightningModule):
             image_size=hp.image_size,
             num_frames=hp.num_frames,
             conv_stem=hp.get("conv_stem", False),
+            pool_grid=hp.get("pool_grid"),
             frame_difference=hp.get("frame_difference", False),
             max_asr_tokens=hp.max_asr_tokens,
             max_caption_tokens=hp.max_caption_tokens,

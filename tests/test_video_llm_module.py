@@ -192,3 +192,9 @@ def test_a_rank_without_clips_still_takes_part_in_the_step(tiny_world, tmp_path)
     assert loss.item() == 0.0
     grads = [p.grad for p in module.parameters()]
     assert all(g is not None and not g.any() for g in grads)
+
+
+def test_pool_grid_sets_the_number_of_visual_tokens(tiny_world, tmp_path):
+    module = tiny_module(tiny_world, tmp_path, pool_grid=[2, 4, 4])
+    module.configure_model()
+    assert module.net.num_visual_tokens == 1 + 2 * 4 * 4  # CLS + 2 time steps × the 4×4 grid
