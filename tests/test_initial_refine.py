@@ -22,7 +22,7 @@ import torch
 
 from callbacks.annotation_writer import AnnotationWriter, caption_failure
 from datamodules.annotation_sources import open_source
-from datamodules.annotation_store import RoundReader, read_manifest, round_dir
+from datamodules.annotation_store import RoundReader, ShardWriter, read_manifest, round_dir
 from datamodules.clip_datamodule import ClipCaptionDataModule
 from datamodules.image_captions import ImageCaptionDataModule, read_image_captions
 from lightning_modules.components.caption_merger import (
@@ -416,10 +416,17 @@ def test_refiner_with_smollm2_writes_sentences(tiny_world, ilm_run, tmp_path):
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_two_process_round_has_one_shard_per_rank_and_every_clip_once(tiny_world, ilm_run, tiny_lm_dir, tmp_path):
-    """predict with DDP on 2 CPU processes: the writer's gather and barriers, rank 0's manifest."""
+def test_two_process_round_resumes_with_one_shard_per_rank_and_every_clip_once(tiny_world, ilm_run, tiny_lm_dir, tmp_path):
+    """predict with DDP on 2 CPU processes, resuming a killed 2-rank pass: the stored-clips
+    snapshot (rank 0 takes it, both read it), the writer's gather and barriers, rank 0's manifest."""
     run = tmp_path / "run"
     shutil.copytree(ilm_run / "ilm", run / "ilm")
+    pool = list(open_source(tiny_world / "pool"))
+    for part, records in ((0, pool[0:6:2]), (1, pool[1:4:2])):  # killed after 3 and 2 records
+        writer = ShardWriter(round_dir(run, 0), part)
+        for record in records:
+            writer.write({**record, "round": 0, "source": "before the kill"})
+        writer.close()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -430,5 +437,8 @@ def test_two_process_round_has_one_shard_per_rank_and_every_clip_once(tiny_world
     manifest = read_manifest(round_dir(run, 0))
     assert manifest["parts"] == ["part-00000.jsonl", "part-00001.jsonl"] and manifest["num_ranks"] == 2
     ids = pool_clip_ids(tiny_world)
-    assert sorted(r["clip_id"] for r in RoundReader(round_dir(run, 0))) == sorted(ids)
-    assert manifest["records"] == manifest["written_this_run"] == len(ids)
+    records = list(RoundReader(round_dir(run, 0)))
+    assert sorted(r["clip_id"] for r in records) == sorted(ids)  # every clip exactly once
+    assert sum(r["source"] == "before the kill" for r in records) == 5
+    assert manifest["records"] == len(ids) and manifest["written_this_run"] == len(ids) - 5
+    assert manifest["already_stored_before_this_run"] == 5
