@@ -130,6 +130,12 @@ class ClipCaptionDataModule(L.LightningDataModule):
             self.trainer.strategy.barrier("stored-clips-snapshot")
         return path
 
+    def teardown(self, stage: str) -> None:
+        # The snapshot only serves the pass that took it; a later resume takes a new one.
+        if stage == "predict" and self.opts.exclude_clips is not None:
+            if not self._trainer_attached() or self.trainer.is_global_zero:
+                (Path(self.opts.exclude_clips) / STORED_CLIPS_INDEX).unlink(missing_ok=True)
+
     def _trainer_attached(self) -> bool:
         return getattr(self, "trainer", None) is not None
 

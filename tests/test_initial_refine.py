@@ -289,7 +289,7 @@ def test_writer_resumes_from_a_partial_shard_without_duplicates(tiny_world, tmp_
     manifest = read_manifest(killed)
     assert manifest["records"] == len(ids) and manifest["written_this_run"] == len(ids) - 11
     assert manifest["already_stored_before_this_run"] == 11
-    assert not list(killed.glob("*.partial"))
+    assert not list(killed.glob("*.partial")) and not list(killed.glob(".stored_clips*"))
     stored = [r["clip_id"] for r in RoundReader(killed)]
     assert sorted(stored) == sorted(ids)  # every clip exactly once
 
@@ -442,3 +442,4 @@ def test_two_process_round_resumes_with_one_shard_per_rank_and_every_clip_once(t
     assert sum(r["source"] == "before the kill" for r in records) == 5
     assert manifest["records"] == len(ids) and manifest["written_this_run"] == len(ids) - 5
     assert manifest["already_stored_before_this_run"] == 5
+    assert not list(round_dir(run, 0).glob(".stored_clips*"))  # the snapshot served this pass only
