@@ -5,9 +5,9 @@
     {"<video_id>": {"start": [0.0, 2.1], "end": [2.1, 4.0], "text": ["...", "..."]}}
 
 Each segment is one clip. Videos live in ``<pool>/videos/<video_id>.mp4``. The file is streamed
-video by video (``json_object_stream``), never loaded whole. A segment with an
-empty or undecodable (non-UTF-8) transcript is skipped, counted and logged, not fatal; a
-structurally broken entry is an error that names the file and the video id.
+video by video (``json_object_stream``), never loaded whole. A segment with an empty or
+undecodable (non-UTF-8) transcript is skipped, counted and logged, not fatal; a structurally
+broken entry is an error that names the file and the video id.
 """
 
 from __future__ import annotations
