@@ -150,6 +150,9 @@ class FlywheelCallback(L.Callback):
                     batch = next(batches, None) if batches is not None else None
                     if batch is None:
                         batches = None  # this rank's share is done; it keeps step while others work
+                        if not writer.finished:  # before it says so: rank 0 writes the manifest once all agree
+                            writer.finish()
+                            _save_progress(writer, stats, stats_path, started)
                     if not sync.agree(work=batch is not None):
                         break
                     if sync.active and (batch is None or not batch["clip_id"]):
@@ -164,9 +167,6 @@ class FlywheelCallback(L.Callback):
                     done_now += done
                     bar.update(done)
                     _save_progress(writer, stats, stats_path, started)
-            if not writer.finished:
-                writer.finish()
-                _save_progress(writer, stats, stats_path, started)
         except RankFailure:
             raise
         except Exception as e:
