@@ -201,7 +201,6 @@ class ShardWriter:
         self.path = shard_path(round_path, part)
         self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
         self.sync_every = sync_every
-        self.written = 0
         self._unsynced = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
@@ -233,7 +232,6 @@ class ShardWriter:
         if self.done_ids is not None:
             self.done_ids.add(record["clip_id"])
         self.count += 1
-        self.written += 1
         self._unsynced += 1
         if self._unsynced >= self.sync_every:
             self.flush()

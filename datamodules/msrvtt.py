@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.records import WHOLE_VIDEO_END
 from datamodules.video_reader import VideoDecodeError, read_clip
 from datamodules.video_transforms import build_video_transform
 
@@ -55,8 +56,6 @@ DATA_JSON = "MSRVTT_data.json"
 TRAIN_CSV = "MSRVTT_train.9k.csv"
 TEST_CSV = "MSRVTT_JSFUSION_test.csv"
 VIDEO_DIR = "videos/all"
-#: MSR-VTT files are already cut to their clip: read each file whole (readers clamp the end).
-WHOLE_VIDEO_END = 1e9
 
 
 class MSRVTTFormatError(ValueError):

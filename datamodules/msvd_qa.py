@@ -38,6 +38,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.records import WHOLE_VIDEO_END
 from datamodules.video_reader import VideoDecodeError, read_clip
 from datamodules.video_transforms import build_video_transform
 
@@ -47,8 +48,6 @@ SPLIT_FILES = {"train": "train_qa.json", "val": "val_qa.json", "test": "test_qa.
 MAPPING_FILE = "youtube_mapping.txt"
 VIDEO_DIR = "YouTubeClips"
 QA_KEYS = ("answer", "id", "question", "video_id")
-#: MSVD clips are already cut: read each file whole (readers clamp the end to the duration).
-WHOLE_VIDEO_END = 1e9
 _MAPPING_LINE = re.compile(r"^(\S+)\s+(vid\d+)$")
 
 

@@ -13,6 +13,9 @@ shard: one sample of a video2dataset pool, a clip whose own time 0 is the record
 from typing import TypedDict
 
 RECORD_FIELDS = ("clip_id", "video_path", "start", "end", "asr", "caption", "round", "source")
+#: ``end`` of a clip that is a whole video (an MSR-VTT or MSVD file, a pool sample without
+#: ``clips``): past any video's duration, to which the readers clamp it.
+WHOLE_VIDEO_END = 1e9
 
 
 class AnnotationRecord(TypedDict):

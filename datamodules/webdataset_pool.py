@@ -37,15 +37,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from datamodules.records import AnnotationRecord
+from datamodules.records import WHOLE_VIDEO_END, AnnotationRecord
 
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "mov", "avi")
 #: A json or txt member larger than this is hostile or broken input, not metadata (DESIGN §10).
 MAX_META_BYTES = 1 << 20
-#: ``end`` of a sample that is a whole video (no ``clips``); decoding clamps it to the duration.
-WHOLE_VIDEO_END = 1e9
 LOGGED_SKIPS = 20  # per reader: enough to see what goes wrong, bounded on a large pool
 
 

@@ -176,7 +176,8 @@ class VideoLLMModule(L.LightningModule):
             max_asr_tokens=hp.max_asr_tokens,
             max_caption_tokens=hp.max_caption_tokens,
         )
-        if hp.get("init_from_ilm") and self._trainer is not None:  # a fit, not load_from_checkpoint
+        # A new fit only: load_from_checkpoint has no trainer, and a resumed run restores its own weights.
+        if hp.get("init_from_ilm") and self._trainer is not None and self.trainer.ckpt_path is None:
             self._warm_start(hp.init_from_ilm)
         if self.device_mesh is not None:  # a sharded strategy: FSDP2 per encoder and decoder block
             shard_model(

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +23,7 @@ from lightning_modules.components.contrastive import (
 from lightning_modules.components.text_encoder import TextEncoder, build_text_encoder, minilm_path
 from lightning_modules.components.tokenizer import train_tokenizer
 from lightning_modules.components.video_encoder import VideoEncoder, tiny_timesformer_config
+from rank_processes import rank_env
 from train import cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,18 +104,11 @@ def _case_data(sizes: list[int]):
     return net, scale, torch.randn(sum(sizes), 2, 5)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.distributed
 def test_gathered_loss_gives_the_global_batch_gradient_on_two_processes(tmp_path):
     """Two gloo ranks with local-grad gathering + DDP averaging == one process on the whole batch."""
     out = tmp_path / "dist.pt"
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2",
-               PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env = rank_env(WORLD_SIZE="2", OMP_NUM_THREADS="1")
     code = GATHER_WORKER.format(cases=list(GATHER_CASES))
     procs = [subprocess.Popen([sys.executable, "-c", code, str(out)], env=dict(env, RANK=str(r))) for r in range(2)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
@@ -371,11 +363,6 @@ def test_a_locked_text_tower_is_cached_and_stays_fixed():
     assert model.net.text_proj.weight.grad is not None
 
 
-def _free_port_env() -> dict[str, str]:
-    env = dict(os.environ, MASTER_PORT=str(_free_port()), PYTHONPATH=str(ROOT))
-    return env
-
-
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_two_process_ddp_fit_and_test_match_one_process(tiny_world, tmp_path):
@@ -391,7 +378,7 @@ def test_two_process_ddp_fit_and_test_match_one_process(tiny_world, tmp_path):
             "--data.val_fraction", "0.25", *SMALL]
     ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2"]
     run = lambda *a: subprocess.run(  # noqa: E731
-        [sys.executable, str(ROOT / "train.py"), *a], cwd=tmp_path, env=_free_port_env(), check=True,
+        [sys.executable, str(ROOT / "train.py"), *a], cwd=tmp_path, env=rank_env(), check=True,
         capture_output=True, text=True, timeout=300)
     run("fit", "--config", str(MSRVTT_CONFIG), *args, *ddp, "--trainer.max_epochs", "1",
         "--trainer.logger.init_args.save_dir", "ddp")

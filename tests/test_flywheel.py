@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from datamodules.annotation_store import RoundReader, ShardWriter, round_dir, wr
 from datamodules.caption_checks import caption_failure
 from datamodules.caption_index import CaptionIndex, build_caption_index
 from datamodules.flywheel_schedule import FlywheelSchedule
+from rank_processes import rank_env
 from train import cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,12 +166,6 @@ def test_resumed_reannotation_skips_what_a_cut_batch_had_written(tiny_world, tmp
     assert not (round_dir(run, 1) / "previous_captions.sqlite").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.distributed
 def test_two_ranks_write_the_same_records_as_one_process(wds_world, tmp_path):
     """Re-annotation of a tar-shard pool split over 2 gloo ranks: the very records of 1 process,
@@ -184,7 +178,7 @@ def test_two_ranks_write_the_same_records_as_one_process(wds_world, tmp_path):
     for run in (one, two):
         make_round0(wds_world, run)
     cli_main(flywheel_args(wds_world, one, *frozen))
-    env = dict(os.environ, MASTER_PORT=str(_free_port()), OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = rank_env(OMP_NUM_THREADS="1")
     args = flywheel_args(wds_world, two, *frozen, "--trainer.strategy", "ddp", "--trainer.devices", "2")
     done = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)

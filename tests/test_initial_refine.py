@@ -9,9 +9,7 @@ the test marked ``slow``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +40,7 @@ from lightning_modules.components.language_model import tiny_llama
 from lightning_modules.components.tokenizer import train_tokenizer
 from lightning_modules.initial_refiner import InitialRefinerModule, uniform_frame_indices
 from lightning_modules.merger_sft import MergerSFTModule
+from rank_processes import rank_env
 from train import cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -427,10 +426,7 @@ def test_two_process_round_resumes_with_one_shard_per_rank_and_every_clip_once(t
         for record in records:
             writer.write({**record, "round": 0, "source": "before the kill"})
         writer.close()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, MASTER_PORT=str(port), PYTHONPATH=str(ROOT))
+    env = rank_env()
     args = refine_args(tiny_world, run, tiny_lm_dir, "--trainer.strategy", "ddp", "--trainer.devices", "2")
     subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env, check=True,
                    capture_output=True, text=True, timeout=300)

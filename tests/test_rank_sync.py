@@ -1,8 +1,6 @@
 """Rank agreement with a deadline: failures reach every rank, a missing rank is named, nothing hangs."""
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from callbacks.rank_sync import RankFailure, RankSync
+from rank_processes import rank_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,11 +45,7 @@ def test_one_process_agrees_with_itself():
 
 @pytest.mark.distributed
 def test_a_failed_rank_stops_every_rank_and_a_missing_one_is_named(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", PYTHONPATH=str(ROOT),
-               OMP_NUM_THREADS="1")
+    env = rank_env(WORLD_SIZE="2", OMP_NUM_THREADS="1")
     out = str(tmp_path / "out")
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, out], env=dict(env, RANK=str(r))) for r in range(2)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]

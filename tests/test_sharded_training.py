@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ from lightning_modules.consolidate_checkpoint import consolidate
 from lightning_modules.dual_encoder import DualEncoder
 from lightning_modules.video_llm_module import VideoLLMModule
 from lightning_modules.video_qa_generative import GenerativeVideoQA
+from rank_processes import rank_env
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "red blue green circle square triangle moves left right up down grows shrinks a the on".split()
@@ -167,16 +167,9 @@ def uneven_worker(tokenizer: Path, out: Path) -> None:
         make_module(tokenizer), datamodule=UnevenBatches(make_batches(3, seed=1), []))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(args: list[str], world: int = 2, timeout: float = 240) -> list[subprocess.CompletedProcess]:
     """Start ``world`` ranks of this file as torchrun would (Lightning sees externally created processes)."""
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(world),
-               NODE_RANK="0", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env = rank_env(WORLD_SIZE=str(world), NODE_RANK="0", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     procs = [subprocess.Popen([sys.executable, __file__, *args], env=dict(env, LOCAL_RANK=str(r)), cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(world)]
     deadline = time.monotonic() + timeout
