@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from datamodules.annotation_sources import open_source, source_exists
 from datamodules.annotation_store import MANIFEST_NAME, round_dir
 from datamodules.clip_datamodule import ClipCaptionDataModule, ResumableLoader, _keep_split
 from datamodules.flywheel_schedule import FlywheelSchedule
@@ -113,10 +114,11 @@ class FlywheelDataModule(ClipCaptionDataModule):
         return functools.partial(_keep_split, val_fraction=self.opts.human_val_fraction, want_val=want_val)
 
 
-def _pool_folder(pool: str) -> str:
-    """The folder pool records' ``video_path``s are relative to: the pool folder itself, or the
-    folder of its ``asr.json``, ``.tar`` file or brace pattern."""
-    return pool if Path(pool).is_dir() else str(Path(pool).parent)
+def _pool_folder(pool: str) -> str | None:
+    """The folder pool records' ``video_path``s are relative to, as the pool's reader gives it (for
+    shards in several folders, their common folder). None for a missing pool: the DataModule's
+    check of its sources names it."""
+    return str(open_source(pool).video_root) if source_exists(pool) else None
 
 
 def _flywheel_callback(trainer):

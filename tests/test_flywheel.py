@@ -166,6 +166,25 @@ def test_resumed_reannotation_skips_what_a_cut_batch_had_written(tiny_world, tmp
     assert not (round_dir(run, 1) / "previous_captions.sqlite").exists()
 
 
+def test_a_pool_of_shards_in_several_folders_finds_its_videos(wds_world, tmp_path):
+    """A brace pattern may name shards in different folders; the rounds' ``video_path``s are relative
+    to their common folder, not to a folder named by the pattern itself."""
+    from datamodules.flywheel_datamodule import FlywheelDataModule
+    from datamodules.tar_members import video_exists
+
+    root = tmp_path / "pool"
+    for folder, shard in (("a", "00000.tar"), ("b", "00001.tar")):
+        (root / folder).mkdir(parents=True)
+        shutil.copy(wds_world / "pool" / shard, root / folder / shard)
+    pattern = f"{root}/{{a/00000,b/00001}}.tar"
+    data = FlywheelDataModule(run_dir=str(tmp_path / "run"), pool=pattern,
+                              human_examples=str(wds_world / "pool" / "human_refined.jsonl"))
+    assert Path(data.opts.video_root) == root
+    records = list(open_source(pattern))
+    assert {r["video_path"].split("/")[0] for r in records} == {"a", "b"}
+    assert all(video_exists(root / r["video_path"]) for r in records)
+
+
 @pytest.mark.distributed
 def test_two_ranks_write_the_same_records_as_one_process(wds_world, tmp_path):
     """Re-annotation of a tar-shard pool split over 2 gloo ranks: the very records of 1 process,
