@@ -202,7 +202,9 @@ def write_video(path: Path, frames: np.ndarray, fps: int, codec: str = "libx264"
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1
         if codec == "libx264":
-            stream.options = {"preset": "veryfast", "crf": "18"}
+            # Constant QP, not CRF: CRF's rate control encoded the same frames differently from one
+            # process to another (seen with 1 thread), so a world was not a function of its seed.
+            stream.options = {"preset": "veryfast", "qp": "18", "threads": "1"}
         else:
             stream.bit_rate = 600_000
         for frame in frames:
