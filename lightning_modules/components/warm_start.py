@@ -8,9 +8,10 @@ a frame shows. The demo's ILM is a tiny VideoLLM trained on the foundation still
 - every tensor of the same name and shape is copied (TimeSformer blocks, connector, LM blocks);
 - TimeSformer's time embedding (one frame) is repeated over the video's frames, as TimeSformer
   itself is initialised from an image ViT;
-- with ``frame_difference`` the patch projection has twice the input channels: the frame channels
-  get the ILM's weights and the difference channels start at zero, so the encoder starts out
-  seeing exactly what the ILM saw;
+- with ``frame_difference`` the patch projection (or the first convolution of a convolutional
+  stem) has twice the input channels: the frame channels get the ILM's weights and the difference
+  channels start at zero, so the encoder starts out seeing exactly what the ILM saw;
+- buffers (a convolutional stem's batch-norm statistics) are copied like parameters;
 - token embeddings and the LM head are copied row by row for the tokens both vocabularies hold
   (the ILM's tokenizer was trained on the foundation captions only).
 
@@ -29,6 +30,7 @@ __all__ = ["warm_start_from_image_model"]
 _VOCAB_ROWS = ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight")
 _TIME = "video_encoder.timesformer.embeddings.time_embeddings"
 _PATCH = "video_encoder.timesformer.embeddings.patch_embeddings.projection.weight"
+_INPUT_WEIGHTS = (_PATCH, "video_encoder.timesformer.embeddings.patch_embeddings.projection.0.weight")  # linear or stem
 
 
 @torch.no_grad()
@@ -51,13 +53,21 @@ def warm_start_from_image_model(video_llm: VideoLLM, image_llm: VideoLLM) -> dic
             param[shared[:, 0]] = src[shared[:, 1]].to(param.dtype)
         elif name == _TIME:
             param.copy_(src.expand_as(param))
-        elif name == _PATCH and src.shape[1] * 2 == param.shape[1]:  # frame + difference channels
+        elif name in _INPUT_WEIGHTS and src.shape[1] * 2 == param.shape[1]:  # frame + difference channels
             param.zero_()
             param[:, : src.shape[1]] = src
         elif src.shape == param.shape:
             param.copy_(src)
         else:
             raise ValueError(f"{name}: shape {tuple(param.shape)} here, {tuple(src.shape)} in the image model")
+        copied += 1
+    their_buffers = dict(image_llm.named_buffers())
+    for name, buffer in video_llm.named_buffers():
+        src = their_buffers.get(name)
+        if src is None or src.shape != buffer.shape:
+            raise ValueError(f"buffer {name}: {tuple(buffer.shape)} here, "
+                             f"{'absent' if src is None else tuple(src.shape)} in the image model")
+        buffer.copy_(src)
         copied += 1
     return {"tensors": copied, "shared_tokens": int(shared.shape[0])}
 
