@@ -125,6 +125,22 @@ def test_ilm_fit_smoke_and_checkpoint_captions_frames(ilm_run, tiny_world):
     assert len(captions) == 5 and all(isinstance(c, str) for c in captions)
 
 
+def test_an_ilm_with_a_convolutional_stem_loads_as_it_was_trained(tiny_world, tmp_path):
+    """The captioner rebuilds the network the checkpoint's hyper-parameters describe (it used to
+    build the default patch embedding and fail on a stem's weights)."""
+    cli_main(["fit", "--config", str(CONFIGS / "ilm_pretrain.yaml"), "--world_dir", str(tiny_world),
+              "--run_dir", str(tmp_path), "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
+              "--trainer.enable_model_summary", "false", "--data.init_args.batch_size", "4",
+              "--model.init_args.conv_stem", "true"])
+    checkpoint = tmp_path / "ilm" / "checkpoints" / "last.ckpt"
+    captioner = TinyVideoLLMCaptioner(checkpoint)
+    trained = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    stem = "net.video_encoder.timesformer.embeddings.patch_embeddings.projection.1.running_mean"
+    assert stem in trained  # a stem with batch norm, its statistics restored exactly
+    torch.testing.assert_close(captioner.net.state_dict()[stem[len("net."):]], trained[stem])
+    assert len(captioner.caption_frames(torch.randn(3, 3, 32, 32))) == 3
+
+
 def test_ilm_fast_dev_run(tiny_world, tmp_path):
     cli_main(["fit", "--config", str(CONFIGS / "ilm_pretrain.yaml"), "--world_dir", str(tiny_world),
               "--run_dir", str(tmp_path), "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false"])

@@ -83,7 +83,8 @@ class TinyVideoLLMCaptioner(nn.Module):
         folder = _find_tokenizer(checkpoint, tokenizer, hp.get("tokenizer"))
         self.net = build_video_llm(
             "tiny", tokenizer=str(folder), image_size=hp["image_size"], num_frames=1,
-            max_asr_tokens=hp.get("max_asr_tokens", 64), max_caption_tokens=hp.get("max_caption_tokens", 32),
+            conv_stem=hp.get("conv_stem", False), pool_grid=hp.get("pool_grid"),
+            frame_difference=hp.get("frame_difference", False), max_asr_tokens=hp.get("max_asr_tokens", 64), max_caption_tokens=hp.get("max_caption_tokens", 32),
         )
         weights = {k[len("net."):]: v for k, v in state["state_dict"].items() if k.startswith("net.")}
         self.net.load_state_dict(weights)
