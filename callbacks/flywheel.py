@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from tqdm import tqdm
 
 from callbacks.rank_sync import RankFailure, RankSync
@@ -116,6 +117,7 @@ class FlywheelCallback(L.Callback):
         previous = path / PREVIOUS_CAPTIONS
         sync.agree(_attempt(build_caption_index, round_dir(dm.opts.run_dir, index - 1), previous)
                    if trainer.is_global_zero else None)
+        _share_buffers(module)
         was_training = module.training
         module.eval()
         try:
@@ -248,6 +250,16 @@ def _record(batch: dict[str, Any], i: int, caption: str, index: int) -> dict[str
 
 def _count_failure(stats: dict[str, Any], reason: str) -> None:
     stats["failures"][reason] = stats["failures"].get(reason, 0) + 1
+
+
+def _share_buffers(module: L.LightningModule) -> None:
+    """Give every rank rank 0's buffers (a stem's batch-norm running statistics): each rank updated
+    them on its own batches, and a clip's caption must not depend on the rank that writes it. Rank 0's
+    are the ones its checkpoint keeps."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    for buffer in module.buffers():
+        torch.distributed.broadcast(buffer.data, src=0)
 
 
 def _attempt(fn, *args) -> str | None:

@@ -88,6 +88,7 @@ def run(name: str, schedule, args, train: Path, held: Path, world: Path, out: Pa
     model = VideoLLMModule(
         preset="tiny", tokenizer=str(out / "tokenizer"), tokenizer_sources=[str(train), str(world / "pool")],
         image_size=args.image_size, conv_stem=args.conv_stem, frame_difference=args.frame_difference, asr_dropout=args.asr_dropout,
+        tag_weight=args.tag_weight,
         gamma_schedule=schedule, w_min=0.2, optimizer=lambda p: torch.optim.AdamW(p, lr=args.lr, weight_decay=0.01),
         scheduler=one_cycle(args, train),
     )
@@ -137,6 +138,7 @@ def main() -> None:
     parser.add_argument("--no-transcripts", action="store_true", help="blank every transcript, in training and captioning")
     parser.add_argument("--conv-stem", action="store_true", help="convolutional patch embedding")
     parser.add_argument("--frame-difference", action="store_true", help="frame differences as extra channels")
+    parser.add_argument("--tag-weight", type=float, default=0.0, help="weight of the encoder's tag-recognition term")
     parser.add_argument("--losses", nargs="+", choices=("cross_entropy", "adatailr"), default=["cross_entropy", "adatailr"],
                         help="which runs to make")
     args = parser.parse_args()

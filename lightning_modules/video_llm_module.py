@@ -29,6 +29,7 @@ from lightning_modules.components.presets import PRESETS, build_video_llm
 from lightning_modules.components.seeded_sampling import clip_seed
 from lightning_modules.components.sharding import data_parallel_mesh, shard_model
 from lightning_modules.components.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+from lightning_modules.components.tag_recognition import TagRecognition
 from lightning_modules.components.video_llm import VideoLLM, prompt_words
 from lightning_modules.components.warm_start import warm_start_from_image_model
 
@@ -61,6 +62,7 @@ class VideoLLMModule(L.LightningModule):
         w_min: float = 0.2,
         phase: str = "pretrain",
         asr_dropout: float = 0.0,
+        tag_weight: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: str = "step",
@@ -105,6 +107,10 @@ class VideoLLMModule(L.LightningModule):
             asr_dropout: share of pretraining clips whose transcript is left out of the prompt. A
                 transcript often names what the caption says, so a model can learn to copy it
                 and ignore the video; dropping it forces the caption to come from the frames.
+            tag_weight: weight of a tag-recognition term added to the loss: from the video encoder's
+                tokens, a linear head names the tags (attribute values) the caption holds
+                (``components.tag_recognition``, Tag2Text's image-tag head; 0 = off). Captioning
+                alone does not teach the tiny encoder shape; this does.
             optimizer: optimizer factory, e.g. ``torch.optim.AdamW`` with its ``lr``.
             scheduler: optional learning-rate scheduler factory.
             scheduler_interval: ``step`` or ``epoch``: when the scheduler steps. ``epoch`` lets a
@@ -134,6 +140,8 @@ class VideoLLMModule(L.LightningModule):
             raise ValueError(f"model.scheduler_interval: must be 'step' or 'epoch', got {scheduler_interval!r}")
         if not 0.0 <= asr_dropout <= 1.0:
             raise ValueError(f"model.asr_dropout: must be in [0, 1], got {asr_dropout}")
+        if tag_weight < 0.0:
+            raise ValueError(f"model.tag_weight: must be >= 0, got {tag_weight}")
         if preset == "tiny" and tokenizer is None and not tokenizer_sources:
             raise ValueError("model.tokenizer: preset 'tiny' needs a tokenizer folder or model.tokenizer_sources to train one")
         for key, value in (("tokenizer_sources", tokenizer_sources or []),):
@@ -154,6 +162,7 @@ class VideoLLMModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.phase = phase
         self.net: VideoLLM | None = None
+        self.tag_head: TagRecognition | None = None
         self.last_gamma = 0.0
         self.last_token_stats = None  # read by callbacks.gamma_monitor.GammaMonitor
 
@@ -176,6 +185,8 @@ class VideoLLMModule(L.LightningModule):
             max_asr_tokens=hp.max_asr_tokens,
             max_caption_tokens=hp.max_caption_tokens,
         )
+        if hp.get("tag_weight", 0.0) > 0.0:
+            self.tag_head = TagRecognition(self.net.video_encoder.hidden_size)
         # A new fit only: load_from_checkpoint has no trainer, and a resumed run restores its own weights.
         if hp.get("init_from_ilm") and self._trainer is not None and self.trainer.ckpt_path is None:
             self._warm_start(hp.init_from_ilm)
@@ -224,6 +235,10 @@ class VideoLLMModule(L.LightningModule):
             self.gamma_schedule.update(stats.mean_p, stats.num_tokens)
         self.last_gamma, self.last_token_stats = gamma, stats
         self.log(f"train/{self.phase}_loss", loss, prog_bar=True, batch_size=len(batch["clip_id"]))
+        if self.tag_head is not None:
+            tags = self.tag_head(out.video_tokens, batch["caption"])
+            self.log("train/tag_loss", tags, batch_size=len(batch["clip_id"]))
+            loss = loss + self.hparams.tag_weight * tags
         return loss
 
     def _no_clips_loss(self) -> torch.Tensor | None:
@@ -234,7 +249,11 @@ class VideoLLMModule(L.LightningModule):
             return None
         if self.phase == "pretrain":
             self.gamma_schedule.update(0.0, 0)  # Γ's statistics are an all-reduce: join it with no tokens
-        return self._score(self.blank_batch()).logits.sum() * 0.0
+        out = self._score(self.blank_batch())
+        blank = out.logits.sum() * 0.0
+        if self.tag_head is not None:  # every parameter takes part, as DDP's reducer expects
+            blank = blank + self.tag_head(out.video_tokens, [""]) * 0.0
+        return blank
 
     def blank_batch(self) -> dict[str, Any]:
         """One all-zero clip with empty text: what a rank with nothing to process runs so that its

@@ -191,7 +191,10 @@ def test_two_ranks_write_the_same_records_as_one_process(wds_world, tmp_path):
     each clip once (no padding duplicates). lr 0 keeps both runs' models equal to the seeded init;
     19 clips in batches of 3 give rank 0 four batches and rank 1 three (its last step is a placeholder)."""
     pool = f"{wds_world}/pool/{{00000,00002}}.tar"
+    # lr 0 freezes the weights but not a convolutional stem's batch-norm statistics, which follow the
+    # batches each process saw: linear patches here.
     frozen = ("--data.init_args.rounds", "1", "--model.init_args.optimizer.init_args.lr", "0",
+              "--model.init_args.conv_stem", "false",
               "--trainer.limit_train_batches", "1", "--data.init_args.pool", pool, "--data.init_args.batch_size", "3")
     one, two = tmp_path / "one", tmp_path / "two"
     for run in (one, two):
@@ -212,3 +215,31 @@ def test_two_ranks_write_the_same_records_as_one_process(wds_world, tmp_path):
     ids = [r["clip_id"] for r in reader]
     assert sorted(ids) == sorted(r["clip_id"] for r in open_source(pool))  # each clip once
     assert reader.manifest["records_per_part"] == {"part-00000.jsonl": 10, "part-00001.jsonl": 9}
+
+
+# Two gloo ranks whose stems saw different batches: before re-annotating, both take rank 0's statistics.
+SHARE_BUFFERS = """
+import json, os, sys
+import torch, torch.distributed as dist
+from callbacks.flywheel import _share_buffers
+from lightning_modules.components.video_encoder import ConvStem
+rank = int(os.environ["RANK"])
+dist.init_process_group("gloo", rank=rank, world_size=2)
+stem = ConvStem(3, 16, 4)
+stem(torch.randn(4, 3, 8, 8) + rank)  # training mode: running statistics follow this rank's batch
+before = stem[1].running_mean.tolist()
+_share_buffers(stem)
+json.dump([before, stem[1].running_mean.tolist()], open(sys.argv[1] + str(rank), "w"))
+"""
+
+
+@pytest.mark.distributed
+def test_ranks_take_rank_zeros_running_statistics_before_re_annotation(tmp_path):
+    env = rank_env(WORLD_SIZE="2", OMP_NUM_THREADS="1")
+    out = str(tmp_path / "out")
+    procs = [subprocess.Popen([sys.executable, "-c", SHARE_BUFFERS, out], env=dict(env, RANK=str(r)), cwd=ROOT)
+             for r in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    (before0, after0), (before1, after1) = (json.loads(Path(out + str(r)).read_text()) for r in range(2))
+    assert before0 != before1  # each rank's own batches
+    assert after0 == after1 == before0

@@ -173,12 +173,13 @@ def test_captions_never_repeat_a_trigram(tiny_world, tmp_path):
     assert repeats(module, batch) > 0, "the untrained model did not loop: the check above proves nothing"
 
 
-def test_a_rank_without_clips_still_takes_part_in_the_step(tiny_world, tmp_path):
+@pytest.mark.parametrize("tag_weight", [0.0, 0.5])
+def test_a_rank_without_clips_still_takes_part_in_the_step(tiny_world, tmp_path, tag_weight):
     """With other ranks, an all-undecodable batch becomes a zero loss over every parameter (so the
     gradient all-reduce and FSDP's gathers see this rank); alone, the step is skipped."""
     from types import SimpleNamespace
 
-    module = tiny_module(tiny_world, tmp_path)
+    module = tiny_module(tiny_world, tmp_path, tag_weight=tag_weight)
     module.configure_model()
     empty = {"clip_id": [], "asr": [], "caption": [], "video": torch.zeros(0, 4, 3, 32, 32)}
     module._trainer = SimpleNamespace(world_size=1)
@@ -198,3 +199,13 @@ def test_pool_grid_sets_the_number_of_visual_tokens(tiny_world, tmp_path):
     module = tiny_module(tiny_world, tmp_path, pool_grid=[2, 4, 4])
     module.configure_model()
     assert module.net.num_visual_tokens == 1 + 2 * 4 * 4  # CLS + 2 time steps × the 4×4 grid
+
+
+def test_tag_weight_adds_the_tag_recognition_term(tiny_world, tmp_path):
+    module = tiny_module(tiny_world, tmp_path, tag_weight=0.5, conv_stem=True)
+    fit = trainer(tmp_path, "tags", max_steps=2)
+    fit.fit(module, datamodule=tiny_data(tiny_world))
+    assert module.tag_head is not None and fit.logged_metrics["train/tag_loss"] > 0
+    assert tiny_module(tiny_world, tmp_path).tag_head is None
+    with pytest.raises(ValueError, match="model.tag_weight"):
+        tiny_module(tiny_world, tmp_path, tag_weight=-1.0)

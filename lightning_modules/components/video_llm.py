@@ -137,6 +137,8 @@ class VideoLLMOutput:
     """``[B, T, V]`` next-token scores."""
     labels: Tensor | None
     """``[B, T]`` targets, ``-100`` where nothing is supervised; ``None`` without labels."""
+    video_tokens: Tensor | None = None
+    """``[B, N, D_v]`` the video encoder's tokens (before the connector)."""
 
 
 class VideoLLM(nn.Module):
@@ -206,8 +208,10 @@ class VideoLLM(nn.Module):
 
     def encode_video(self, video: Tensor) -> Tensor:
         """``[B, T, C, H, W]`` → visual embeddings ``[B, N, D_lm]`` in the LM's dtype."""
-        emb = self.language_model.get_input_embeddings()
-        return self.connector(self.video_encoder(video)).to(emb.weight.dtype)
+        return self._connect(self.video_encoder(video))
+
+    def _connect(self, video_tokens: Tensor) -> Tensor:
+        return self.connector(video_tokens).to(self.language_model.get_input_embeddings().weight.dtype)
 
     def _visual_mask_from(self, attention_mask: Tensor) -> Tensor:
         # The template puts the N visual tokens right after the first real token (bos) or first.
@@ -221,9 +225,13 @@ class VideoLLM(nn.Module):
         self, video: Tensor, input_ids: Tensor, attention_mask: Tensor, visual_mask: Tensor | None = None
     ) -> Tensor:
         """The LM's ``inputs_embeds``: token embeddings with the visual tokens written in."""
+        return self._splice(self.encode_video(video), input_ids, attention_mask, visual_mask)
+
+    def _splice(
+        self, visual: Tensor, input_ids: Tensor, attention_mask: Tensor, visual_mask: Tensor | None
+    ) -> Tensor:
         if visual_mask is None:
             visual_mask = self._visual_mask_from(attention_mask)
-        visual = self.encode_video(video)
         b, n, d = visual.shape
         if input_ids.shape[0] != b:
             raise ValueError(f"{b} videos but {input_ids.shape[0]} token rows")
@@ -243,14 +251,15 @@ class VideoLLM(nn.Module):
         visual_mask: Tensor | None = None,
     ) -> VideoLLMOutput:
         """Score a batch from ``build_batch``: returns shifted logits and labels (see the class)."""
-        embeds = self.embed(video, input_ids, attention_mask, visual_mask)
+        video_tokens = self.video_encoder(video)
+        embeds = self._splice(self._connect(video_tokens), input_ids, attention_mask, visual_mask)
         position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
         length = input_ids.shape[1]
         if labels is None:
             out = self.language_model(
                 inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids
             )
-            return VideoLLMOutput(logits=out.logits, labels=None)
+            return VideoLLMOutput(logits=out.logits, labels=None, video_tokens=video_tokens)
         # Project only the positions that predict a label: from one before the batch's first
         # supervised token to the second-to-last position (saves the [B, L, V] logits of the prompt).
         supervised = (labels != IGNORE_INDEX).any(dim=0).nonzero()
@@ -261,7 +270,7 @@ class VideoLLM(nn.Module):
             position_ids=position_ids,
             logits_to_keep=length - start,
         )
-        return VideoLLMOutput(logits=out.logits[:, :-1], labels=labels[:, start + 1 :])
+        return VideoLLMOutput(logits=out.logits[:, :-1], labels=labels[:, start + 1 :], video_tokens=video_tokens)
 
     @torch.no_grad()
     def generate(

@@ -11,7 +11,7 @@ a frame shows. The demo's ILM is a tiny VideoLLM trained on the foundation still
 - with ``frame_difference`` the patch projection (or the first convolution of a convolutional
   stem) has twice the input channels: the frame channels get the ILM's weights and the difference
   channels start at zero, so the encoder starts out seeing exactly what the ILM saw;
-- buffers (a convolutional stem's batch-norm statistics) are copied like parameters;
+- buffers (running statistics, if a model has any) are copied like parameters;
 - token embeddings and the LM head are copied row by row for the tokens both vocabularies hold
   (the ILM's tokenizer was trained on the foundation captions only).
 
