@@ -25,7 +25,7 @@ from datamodules.synthetic_world.lexicon import attributes_mentioned
 from lightning_modules.components.adatailr import tailr_loss_with_stats
 from lightning_modules.components.frame_captioner import TinyVideoLLMCaptioner
 from lightning_modules.components.gamma_schedules import AdaptiveGamma, GammaSchedule
-from lightning_modules.components.presets import PRESETS, build_video_llm
+from lightning_modules.components.presets import PRESETS, build_video_llm, network_arguments
 from lightning_modules.components.seeded_sampling import clip_seed
 from lightning_modules.components.sharding import data_parallel_mesh, shard_model
 from lightning_modules.components.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
@@ -177,13 +177,7 @@ class VideoLLMModule(L.LightningModule):
             video_encoder_path=hp.video_encoder_path,
             language_model_path=hp.language_model_path,
             cache_dir=hp.cache_dir,
-            image_size=hp.image_size,
-            num_frames=hp.num_frames,
-            conv_stem=hp.get("conv_stem", False),
-            pool_grid=hp.get("pool_grid"),
-            frame_difference=hp.get("frame_difference", False),
-            max_asr_tokens=hp.max_asr_tokens,
-            max_caption_tokens=hp.max_caption_tokens,
+            **network_arguments(hp),
         )
         if hp.get("tag_weight", 0.0) > 0.0:
             self.tag_head = TagRecognition(self.net.video_encoder.hidden_size)

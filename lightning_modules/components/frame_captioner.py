@@ -68,7 +68,7 @@ class TinyVideoLLMCaptioner(nn.Module):
                  max_new_tokens: int = 24, batch_size: int = 64) -> None:
         super().__init__()
         # Imported here so that the HF backend does not pull in the VideoLLM stack.
-        from lightning_modules.components.presets import build_video_llm
+        from lightning_modules.components.presets import build_video_llm, network_arguments
 
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():
@@ -81,11 +81,7 @@ class TinyVideoLLMCaptioner(nn.Module):
                 f"num_frames={hp.get('num_frames')!r}); train one with configs/demo/ilm_pretrain.yaml"
             )
         folder = _find_tokenizer(checkpoint, tokenizer, hp.get("tokenizer"))
-        self.net = build_video_llm(
-            "tiny", tokenizer=str(folder), image_size=hp["image_size"], num_frames=1,
-            conv_stem=hp.get("conv_stem", False), pool_grid=hp.get("pool_grid"),
-            frame_difference=hp.get("frame_difference", False), max_asr_tokens=hp.get("max_asr_tokens", 64), max_caption_tokens=hp.get("max_caption_tokens", 32),
-        )
+        self.net = build_video_llm("tiny", tokenizer=str(folder), **network_arguments(hp))
         weights = {k[len("net."):]: v for k, v in state["state_dict"].items() if k.startswith("net.")}
         self.net.load_state_dict(weights)
         self.net.eval()

@@ -24,13 +24,25 @@ from lightning_modules.components.tokenizer import load_tokenizer, train_tokeniz
 from lightning_modules.components.video_encoder import VideoEncoder, tiny_timesformer_config
 from lightning_modules.components.video_llm import VideoLLM, prompt_words
 
-__all__ = ["PRESETS", "build_video_llm"]
+__all__ = ["PRESETS", "NETWORK_ARGUMENTS", "network_arguments", "build_video_llm"]
 
 PRESETS: dict[str, str] = {
     "tiny": "random-init tiny TimeSformer + tiny Llama + a trained word-level tokenizer (CPU, minutes)",
     "smol": "random-init tiny TimeSformer + SmolLM2-135M-Instruct from the packaged GGUF file",
     "real": "local TimeSformer checkpoint + local Vicuna-7B (or other causal LM) checkpoint, bf16",
 }
+
+
+#: The ``build_video_llm`` arguments a ``VideoLLMModule`` records in its hyper-parameters that shape
+#: the network (and so its checkpoint's tensors and visual tokens).
+NETWORK_ARGUMENTS = ("image_size", "num_frames", "conv_stem", "pool_grid", "frame_difference",
+                     "max_asr_tokens", "max_caption_tokens")
+
+
+def network_arguments(hparams) -> dict:
+    """The network-shaping arguments recorded in ``hparams`` (a module's or a checkpoint's), to rebuild
+    the same network; absent ones take ``build_video_llm``'s defaults."""
+    return {key: hparams[key] for key in NETWORK_ARGUMENTS if key in hparams}
 
 
 def build_video_llm(
