@@ -29,7 +29,7 @@ from lightning_modules.components.presets import PRESETS, build_video_llm, netwo
 from lightning_modules.components.seeded_sampling import clip_seed
 from lightning_modules.components.sharding import data_parallel_mesh, shard_model
 from lightning_modules.components.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
-from lightning_modules.components.tag_recognition import TagRecognition
+from lightning_modules.components.tag_recognition import WORLD_TAGS, TagRecognition, tag_text
 from lightning_modules.components.video_llm import VideoLLM, prompt_words
 from lightning_modules.components.warm_start import warm_start_from_image_model
 
@@ -63,6 +63,9 @@ class VideoLLMModule(L.LightningModule):
         phase: str = "pretrain",
         asr_dropout: float = 0.0,
         tag_weight: float = 0.0,
+        speech_tags: list[str] | None = None,
+        speech_tag_weight: float = 1.0,
+        tag_prompt: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: str = "step",
@@ -111,6 +114,15 @@ class VideoLLMModule(L.LightningModule):
                 tokens, a linear head names the tags (attribute values) the caption holds
                 (``components.tag_recognition``, Tag2Text's image-tag head; 0 = off). Captioning
                 alone does not teach the tiny encoder shape; this does.
+            speech_tags: attributes whose tags the head learns from the transcript instead of the
+                caption (e.g. ``[motion]``: round 0's motion words are guesses where the speech is
+                silent, since an image captioner cannot see motion); left out where it names none.
+            speech_tag_weight: weight of the speech tags' terms within the tag loss (see
+                ``TagRecognition``'s ``speech_weight``).
+            tag_prompt: write tags into the prompt after the transcript (Tag2Text's tag-guided
+                captioning): in training the tags the target caption names, when captioning the
+                tags the head recognises in the video. The caption then says what the video shows
+                where the transcript is silent. Needs ``tag_weight`` > 0.
             optimizer: optimizer factory, e.g. ``torch.optim.AdamW`` with its ``lr``.
             scheduler: optional learning-rate scheduler factory.
             scheduler_interval: ``step`` or ``epoch``: when the scheduler steps. ``epoch`` lets a
@@ -142,6 +154,9 @@ class VideoLLMModule(L.LightningModule):
             raise ValueError(f"model.asr_dropout: must be in [0, 1], got {asr_dropout}")
         if tag_weight < 0.0:
             raise ValueError(f"model.tag_weight: must be >= 0, got {tag_weight}")
+        if (tag_prompt or speech_tags) and tag_weight <= 0.0:
+            raise ValueError("model.tag_prompt and model.speech_tags need model.tag_weight > 0: "
+                             "the tag head names the tags")
         if preset == "tiny" and tokenizer is None and not tokenizer_sources:
             raise ValueError("model.tokenizer: preset 'tiny' needs a tokenizer folder or model.tokenizer_sources to train one")
         for key, value in (("tokenizer_sources", tokenizer_sources or []),):
@@ -180,7 +195,12 @@ class VideoLLMModule(L.LightningModule):
             **network_arguments(hp),
         )
         if hp.get("tag_weight", 0.0) > 0.0:
-            self.tag_head = TagRecognition(self.net.video_encoder.hidden_size)
+            try:
+                self.tag_head = TagRecognition(self.net.video_encoder.hidden_size,
+                                               speech_attributes=hp.get("speech_tags") or (),
+                                               speech_weight=hp.get("speech_tag_weight", 1.0))
+            except ValueError as e:
+                raise ValueError(f"model.speech_tags: {e}") from None
         # A new fit only: load_from_checkpoint has no trainer, and a resumed run restores its own weights.
         if hp.get("init_from_ilm") and self._trainer is not None and self.trainer.ckpt_path is None:
             self._warm_start(hp.init_from_ilm)
@@ -203,7 +223,7 @@ class VideoLLMModule(L.LightningModule):
         if folder is not None and (Path(folder) / "tokenizer.json").is_file():
             return load_tokenizer(folder)
         # Streamed: the trainer counts words as the records go by; no source is held in memory.
-        texts = itertools.chain(prompt_words(), (
+        texts = itertools.chain(prompt_words(), [tag_text(WORLD_TAGS)], (
             text for source in self.hparams.tokenizer_sources or [] for record in open_source(source)
             for text in (record["asr"], record["caption"])))
         tokenizer = train_tokenizer(texts, kind="word")
@@ -215,7 +235,10 @@ class VideoLLMModule(L.LightningModule):
     def _score(self, batch: dict[str, Any], asrs: list[str] | None = None):
         assert self.net is not None
         asrs = batch["asr"] if asrs is None else asrs
-        inputs = self.net.build_batch(asrs, batch["caption"], padding_side="right")
+        tags = None
+        if self._tag_prompt:  # teacher forcing: the prompt carries the tags the target caption names
+            tags = [tag_text(self.tag_head.parse(c), self.tag_head.tags) for c in batch["caption"]]
+        inputs = self.net.build_batch(asrs, batch["caption"], padding_side="right", tags=tags)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         return self.net(batch["video"], **inputs)
 
@@ -230,7 +253,7 @@ class VideoLLMModule(L.LightningModule):
         self.last_gamma, self.last_token_stats = gamma, stats
         self.log(f"train/{self.phase}_loss", loss, prog_bar=True, batch_size=len(batch["clip_id"]))
         if self.tag_head is not None:
-            tags = self.tag_head(out.video_tokens, batch["caption"])
+            tags = self.tag_head(out.video_tokens, batch["caption"], batch["asr"])
             self.log("train/tag_loss", tags, batch_size=len(batch["clip_id"]))
             loss = loss + self.hparams.tag_weight * tags
         return loss
@@ -246,7 +269,7 @@ class VideoLLMModule(L.LightningModule):
         out = self._score(self.blank_batch())
         blank = out.logits.sum() * 0.0
         if self.tag_head is not None:  # every parameter takes part, as DDP's reducer expects
-            blank = blank + self.tag_head(out.video_tokens, [""]) * 0.0
+            blank = blank + self.tag_head(out.video_tokens, [""], [""]) * 0.0
         return blank
 
     def blank_batch(self) -> dict[str, Any]:
@@ -297,9 +320,26 @@ class VideoLLMModule(L.LightningModule):
             seed = hp.get("sample_seed", 0)
             extra.update(sample_seeds=[clip_seed(c, seed) for c in batch["clip_id"]],
                          temperature=hp.get("temperature", 1.0), top_p=hp.get("top_p", 0.9))
+        if self._tag_prompt:
+            extra["tags"] = self._recognised_tags(batch["video"])
         return self.net.generate(
             batch["video"], batch["asr"], max_new_tokens=hp.max_new_tokens, num_beams=hp.num_beams, **extra
         )
+
+    @torch.no_grad()
+    def _recognised_tags(self, video: torch.Tensor) -> list[str]:
+        """The prompt's tag words for each clip: what the tag head recognises in its frames."""
+        was_training = self.net.training
+        self.net.eval()  # running statistics, no dropout: as generate sees the video
+        try:
+            named = self.tag_head.predict(self.net.video_encoder(video))
+        finally:
+            self.net.train(was_training)
+        return [tag_text(t, self.tag_head.tags) for t in named]
+
+    @property
+    def _tag_prompt(self) -> bool:
+        return bool(self.hparams.get("tag_prompt", False)) and self.tag_head is not None
 
     @rank_zero_only
     def _show_examples(self, references: list[str], generated: list[str]) -> None:

@@ -10,7 +10,7 @@ from lightning_modules.components.language_model import load_causal_lm, tiny_lla
 from lightning_modules.components.presets import build_video_llm
 from lightning_modules.components.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from lightning_modules.components.video_encoder import VideoEncoder, tiny_timesformer_config
-from lightning_modules.components.video_llm import IGNORE_INDEX, build_batch
+from lightning_modules.components.video_llm import IGNORE_INDEX, build_batch, prompt_words
 
 DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 ASRS = ["hello everyone", "welcome back to my channel today we cook", "so", "hello hello everyone welcome"]
@@ -112,6 +112,19 @@ def test_labels_mask_everything_but_caption_and_eos():
     assert (right["attention_mask"][:, 0] == 1).all()  # right padding: rows start at 0
     left = model.build_batch(ASRS[:2], padding_side="left")
     assert (left["attention_mask"][:, -1] == 1).all() and "labels" not in left
+
+
+def test_tags_go_after_the_transcript_and_carry_no_label():
+    tok = train_tokenizer(prompt_words() + ["red circle left"] + WORLD_TEXT)
+    plain = build_batch(tok, ASRS[:2], ["the square moves up"] * 2, num_visual_tokens=3)
+    tagged = build_batch(tok, ASRS[:2], ["the square moves up"] * 2, num_visual_tokens=3, tags=["red circle", ""])
+    for i, extra in enumerate(("tags : red circle", "tags :")):
+        real = tagged["input_ids"][i][tagged["attention_mask"][i] == 1].tolist()
+        assert f"{ASRS[i]} {extra} caption : the square" in tok.decode(real)
+        assert tagged["labels"][i][tagged["labels"][i] != IGNORE_INDEX].tolist() == \
+            plain["labels"][i][plain["labels"][i] != IGNORE_INDEX].tolist()
+    with pytest.raises(ValueError, match="2 transcripts but 1 tag lists"):
+        build_batch(tok, ASRS[:2], num_visual_tokens=3, tags=["red"])
 
 
 def test_asr_is_truncated():

@@ -10,6 +10,7 @@ import lightning as L
 from callbacks.gamma_monitor import GammaMonitor
 from datamodules.clip_datamodule import ClipCaptionDataModule
 from lightning_modules.components.gamma_schedules import AdaptiveGamma, ConstantGamma
+from lightning_modules.components.tag_recognition import world_tags
 from lightning_modules.video_llm_module import VideoLLMModule, attribute_agreement
 from train import cli_main
 
@@ -209,3 +210,26 @@ def test_tag_weight_adds_the_tag_recognition_term(tiny_world, tmp_path):
     assert tiny_module(tiny_world, tmp_path).tag_head is None
     with pytest.raises(ValueError, match="model.tag_weight"):
         tiny_module(tiny_world, tmp_path, tag_weight=-1.0)
+
+
+def test_tag_prompt_teaches_with_the_caption_tags_and_captions_with_the_recognised_ones(tiny_world, tmp_path):
+    module = tiny_module(tiny_world, tmp_path, tag_weight=0.5, tag_prompt=True, speech_tags=["motion"])
+    module.configure_model()
+    seen = []
+    build = module.net.build_batch
+    module.net.build_batch = lambda *a, **kw: seen.append(kw.get("tags")) or build(*a, **kw)
+    batch = {"video": torch.randn(2, 4, 3, 32, 32), "asr": ["hello", "the orb goes up"], "clip_id": ["a", "b"],
+             "caption": ["a scarlet orb drifts rightward in the snow", "a blue square"]}
+    module._score(batch)
+    assert seen[-1] == ["red circle right snow", "blue square"]  # the target's own tags, canonical words
+    module.train()
+    module.caption(batch)
+    recognised = seen[-1]
+    assert module.training and len(recognised) == 2
+    for words in recognised:  # one value at least of every attribute a clean caption names
+        named = world_tags(words)
+        assert {t.split(":")[0] for t in named} >= {"shape", "color", "motion", "scene"}
+    with pytest.raises(ValueError, match="model.tag_prompt and model.speech_tags need model.tag_weight"):
+        tiny_module(tiny_world, tmp_path, tag_prompt=True)
+    with pytest.raises(ValueError, match="model.speech_tags: .*'colour'"):
+        tiny_module(tiny_world, tmp_path, tag_weight=0.5, speech_tags=["colour"]).configure_model()

@@ -32,6 +32,11 @@ def test_a_still_video_looks_to_the_started_encoder_as_its_frame_did_to_the_imag
     torch.testing.assert_close(still[:, 0], seen[:, 0], atol=1e-5, rtol=1e-4)
     for t in range(4):
         torch.testing.assert_close(still[:, 1 + 16 * t : 1 + 16 * (t + 1)], seen[:, 1:], atol=1e-5, rtol=1e-4)
+    if frame_difference:  # the difference channels start live, with the frame channels' spread
+        first = video.video_encoder.timesformer.embeddings.patch_embeddings.projection
+        weight = (first[0] if conv_stem else first).weight
+        frames, differences = weight[:, :3], weight[:, 3:]
+        assert 0.7 < differences.std() / frames.std() < 1.4
     red_here, red_there = video.tokenizer.convert_tokens_to_ids("red"), image.tokenizer.convert_tokens_to_ids("red")
     emb = video.language_model.get_input_embeddings().weight
     torch.testing.assert_close(emb[red_here], image.language_model.get_input_embeddings().weight[red_there])

@@ -10,6 +10,18 @@ one tag: "orb", "disk" and "circle" are all ``shape:circle``); the encoder's tok
 (what is there, wherever it is), feed a linear layer with one logit per tag under a binary
 cross-entropy. The tags come from the training captions themselves, never from ground truth, and
 are as noisy as those captions; for other data, give a parser of its own words.
+
+``speech_attributes`` take their tags from the clip's transcript instead. An image captioner cannot
+see motion, so round 0's motion words are copied from the speech where it names one and guessed
+where it is silent; a guess says nothing about the video and teaches the head noise. The speech,
+where it names a motion, names the right one in most clips (narration as weak supervision of
+video, as in MIL-NCE); where it names none of an attribute, that attribute's tags are left out of
+the loss. On the demo world this trains a motion reader that is right on 0.77 of held-out clips,
+against 0.48 with round 0's motion words (``README``: "Tag-guided captioning").
+
+``predict`` names the tags of a clip (``VideoLLMModule(tag_prompt=True)`` writes them into the
+prompt, as Tag2Text guides its captioner with recognised tags): every tag above ``threshold``,
+and for each attribute in ``always_named`` its most likely value even when none passes.
 """
 
 from __future__ import annotations
@@ -22,7 +34,7 @@ from torch.nn import functional as F
 
 from datamodules.synthetic_world.lexicon import ATTRIBUTES, VALUES, attributes_mentioned
 
-__all__ = ["WORLD_TAGS", "world_tags", "TagRecognition"]
+__all__ = ["WORLD_TAGS", "world_tags", "tag_text", "TagRecognition"]
 
 WORLD_TAGS: tuple[str, ...] = tuple(f"{a}:{v}" for a in ATTRIBUTES for v in VALUES[a])
 
@@ -32,36 +44,104 @@ def world_tags(caption: str) -> set[str]:
     return {f"{a}:{v}" for a, values in attributes_mentioned(caption).items() for v in values}
 
 
+# The order a prompt names tags in, as an English noun phrase does: "big red circle left kitchen".
+PHRASE_ORDER = ("size", "color", "shape", "motion", "scene")
+
+
+def tag_text(tags: set[str] | Sequence[str], vocabulary: Sequence[str] = WORLD_TAGS) -> str:
+    """The words a prompt shows for ``tags``: their values, attribute by attribute in ``PHRASE_ORDER``
+    (others last), then in vocabulary order."""
+    chosen = [t for t in vocabulary if t in set(tags)]
+
+    def rank(tag: str) -> int:
+        attribute = tag.split(":", 1)[0]
+        return PHRASE_ORDER.index(attribute) if attribute in PHRASE_ORDER else len(PHRASE_ORDER)
+
+    return " ".join(t.split(":", 1)[1] for t in sorted(chosen, key=rank))
+
+
 class TagRecognition(nn.Module):
-    """``forward(tokens, captions)`` → the mean over the batch of the summed per-tag cross-entropy.
+    """``forward(tokens, captions, transcripts)`` → the mean over the batch of the summed per-tag
+    cross-entropy.
 
     Args:
         width: width of the encoder tokens.
-        tags: the tag vocabulary (one logit each).
-        parse: caption → the tags it names (tags outside ``tags`` are ignored).
+        tags: the tag vocabulary (one logit each), ``"attribute:value"``.
+        parse: text → the tags it names (tags outside ``tags`` are ignored).
+        speech_attributes: attributes whose tags come from the transcript, not the caption
+            (left out of the loss where the transcript names none of them).
+        speech_weight: weight of the speech attributes' terms in the loss. Beside the caption's
+            many tags, a few motion tags teach the shared encoder little: on the demo world a
+            motion probe reached 0.42 of held-out clips at weight 1, 0.63 at 5, 0.70 at 10
+            (0.66–0.78 trained on motion alone).
+        always_named: attributes ``predict`` names a value of even when no tag passes the threshold;
+            None = those of shape, colour, motion and scene the tags have (a clean caption names
+            them; size it often leaves out).
     """
 
     def __init__(self, width: int, tags: Sequence[str] = WORLD_TAGS,
-                 parse: Callable[[str], set[str]] = world_tags) -> None:
+                 parse: Callable[[str], set[str]] = world_tags,
+                 speech_attributes: Sequence[str] = (),
+                 speech_weight: float = 1.0,
+                 always_named: Sequence[str] | None = None) -> None:
         super().__init__()
         self.tags = list(tags)
         self.index = {t: i for i, t in enumerate(self.tags)}
+        self.attribute_of = [t.split(":", 1)[0] for t in self.tags]
+        if always_named is None:
+            always_named = [a for a in ("shape", "color", "motion", "scene") if a in self.attribute_of]
+        for key, attributes in (("speech_attributes", speech_attributes), ("always_named", always_named)):
+            unknown = sorted(set(attributes) - set(self.attribute_of))
+            if unknown:
+                raise ValueError(f"{key}: no tag of attribute(s) {unknown}; tags have {sorted(set(self.attribute_of))}")
+        self.speech_attributes = tuple(speech_attributes)
+        self.register_buffer("column_weight", torch.tensor(
+            [speech_weight if a in self.speech_attributes else 1.0 for a in self.attribute_of]), persistent=False)
+        self.always_named = tuple(always_named)
         self.parse = parse
         self.head = nn.Linear(width, len(self.tags))
 
-    def targets(self, captions: Sequence[str]) -> Tensor:
+    def targets(self, captions: Sequence[str], transcripts: Sequence[str] | None = None) -> tuple[Tensor, Tensor]:
+        """``(targets, mask)``, both ``[B, len(tags)]``: mask 0 where a tag is left out of the loss."""
+        if self.speech_attributes and (transcripts is None or len(transcripts) != len(captions)):
+            raise ValueError("speech_attributes need one transcript per caption")
         hot = torch.zeros(len(captions), len(self.tags))
+        mask = torch.ones_like(hot)
+        speech_columns = [i for i, a in enumerate(self.attribute_of) if a in self.speech_attributes]
         for row, caption in enumerate(captions):
-            for tag in self.parse(caption):
-                if tag in self.index:
-                    hot[row, self.index[tag]] = 1.0
-        return hot
+            named = {t for t in self.parse(caption) if t in self.index}
+            if self.speech_attributes:
+                named = {t for t in named if t.split(":", 1)[0] not in self.speech_attributes}
+                spoken = {t for t in self.parse(transcripts[row]) if t in self.index}
+                for attribute in self.speech_attributes:
+                    said = {t for t in spoken if t.startswith(attribute + ":")}
+                    if said:
+                        named |= said
+                    else:
+                        mask[row, [i for i in speech_columns if self.attribute_of[i] == attribute]] = 0.0
+            for tag in named:
+                hot[row, self.index[tag]] = 1.0
+        return hot, mask
 
     def logits(self, tokens: Tensor) -> Tensor:
         """``tokens`` ``[B, N, width]`` (CLS first) → ``[B, len(tags)]``."""
         return self.head(tokens[:, 1:].max(dim=1).values)
 
-    def forward(self, tokens: Tensor, captions: Sequence[str]) -> Tensor:
-        target = self.targets(captions).to(tokens.device)
+    @torch.no_grad()
+    def predict(self, tokens: Tensor, threshold: float = 0.5) -> list[set[str]]:
+        """The tags each clip shows: those above ``threshold``, and the top value of every
+        ``always_named`` attribute."""
+        probs = torch.sigmoid(self.logits(tokens).float()).cpu()
+        groups = {a: [i for i, b in enumerate(self.attribute_of) if b == a] for a in self.always_named}
+        named = []
+        for row in probs:
+            chosen = {self.tags[i] for i in (row >= threshold).nonzero().flatten().tolist()}
+            for columns in groups.values():
+                chosen.add(self.tags[columns[int(row[columns].argmax())]])
+            named.append(chosen)
+        return named
+
+    def forward(self, tokens: Tensor, captions: Sequence[str], transcripts: Sequence[str] | None = None) -> Tensor:
+        target, mask = (x.to(tokens.device) for x in self.targets(captions, transcripts))
         loss = F.binary_cross_entropy_with_logits(self.logits(tokens).float(), target, reduction="none")
-        return loss.sum(dim=1).mean()
+        return (loss * mask * self.column_weight).sum(dim=1).mean()

@@ -4,15 +4,16 @@ A plain ``nn.Module`` (no Lightning): the LightningModule owns the loss, logging
 
 The sequence the LM reads (one row of a batch)::
 
-    [bos] <v_1> … <v_N> {instruction} {transcript_prefix} {asr} {caption_cue} | {caption} [eos]
-    └──────────────────────────── prompt (labels −100) ───────────────────────┘ └─ target ──┘
+    [bos] <v_1> … <v_N> {instruction} {transcript_prefix} {asr} [{tags_prefix} {tags}] {caption_cue} | {caption} [eos]
+    └──────────────────────────────────── prompt (labels −100) ───────────────────────────┘ └─ target ──┘
 
 ``<v_i>`` are the visual tokens: the video encoder's CLS token and its pooled space-time grid
 (see ``video_encoder.py``), mapped by the connector to the LM's embedding width and written into
 ``inputs_embeds`` at the rows marked by ``visual_mask`` (the ids there are placeholders). The
 default template reads "Describe the video. Transcript: <asr> Caption: <caption></s>". The ASR
 is cut to ``max_asr_tokens`` tokens and the caption to ``max_caption_tokens``; ``bos`` is left out
-when the tokenizer has none.
+when the tokenizer has none. ``tags`` (words naming what the video shows, e.g. from a tag head, as
+Tag2Text guides its captioner) go after the transcript when given.
 
 Batches are padded on the right for training (every row starts at position 0) and on the left
 for generation (every row ends at the last position, where generation continues); position ids
@@ -42,6 +43,7 @@ __all__ = [
     "DEFAULT_INSTRUCTION",
     "TRANSCRIPT_PREFIX",
     "CAPTION_CUE",
+    "TAGS_PREFIX",
     "prompt_words",
     "build_batch",
     "VideoLLMOutput",
@@ -52,15 +54,17 @@ IGNORE_INDEX = -100
 DEFAULT_INSTRUCTION = "Describe the video."
 TRANSCRIPT_PREFIX = "Transcript:"
 CAPTION_CUE = "Caption:"
+TAGS_PREFIX = "Tags:"
 
 
 def prompt_words(
     instruction: str = DEFAULT_INSTRUCTION,
     transcript_prefix: str = TRANSCRIPT_PREFIX,
     caption_cue: str = CAPTION_CUE,
+    tags_prefix: str = TAGS_PREFIX,
 ) -> list[str]:
     """The fixed prompt text: add it to the texts a word-level tokenizer is trained on."""
-    return [instruction, transcript_prefix, caption_cue]
+    return [instruction, transcript_prefix, caption_cue, tags_prefix]
 
 
 def build_batch(
@@ -75,8 +79,10 @@ def build_batch(
     max_asr_tokens: int = 64,
     max_caption_tokens: int = 32,
     padding_side: str = "right",
+    tags: list[str] | None = None,
+    tags_prefix: str = TAGS_PREFIX,
 ) -> dict[str, Tensor]:
-    """Tokenise prompts (and captions) into a padded batch.
+    """Tokenise prompts (and captions, and tags) into a padded batch.
 
     Returns ``input_ids``, ``attention_mask`` (1 = real token), ``visual_mask`` (True where a
     visual token goes), all ``[B, L]``, and with ``captions`` also ``labels`` ``[B, L]``: the
@@ -88,6 +94,8 @@ def build_batch(
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     if captions is not None and len(captions) != len(asrs):
         raise ValueError(f"{len(asrs)} transcripts but {len(captions)} captions")
+    if tags is not None and len(tags) != len(asrs):
+        raise ValueError(f"{len(asrs)} transcripts but {len(tags)} tag lists")
     if max_asr_tokens < 0 or max_caption_tokens < 0:
         raise ValueError("max_asr_tokens and max_caption_tokens must be >= 0")
 
@@ -99,11 +107,15 @@ def build_batch(
     instr, prefix, cue = encode([instruction, " " + transcript_prefix, " " + caption_cue])
     asr_ids = encode([" " + " ".join(str(a).split()) for a in asrs])
     cap_ids = encode([" " + " ".join(str(c).split()) for c in captions]) if captions is not None else None
+    tag_ids = None
+    if tags is not None:
+        (tag_prefix_ids,) = encode([" " + tags_prefix])
+        tag_ids = [tag_prefix_ids + t for t in encode([" " + " ".join(str(t).split()) for t in tags])]
 
     rows, label_rows, vis_rows = [], [], []
     n_head = len(head)
     for i in range(len(asrs)):
-        prompt = head + instr + prefix + asr_ids[i][:max_asr_tokens] + cue
+        prompt = head + instr + prefix + asr_ids[i][:max_asr_tokens] + (tag_ids[i] if tag_ids else []) + cue
         target = (cap_ids[i][:max_caption_tokens] + [eos_id]) if cap_ids is not None else []
         rows.append(prompt + target)
         label_rows.append([IGNORE_INDEX] * len(prompt) + target)
@@ -190,7 +202,8 @@ class VideoLLM(nn.Module):
         return self.video_encoder.num_tokens
 
     def build_batch(
-        self, asrs: list[str], captions: list[str] | None = None, padding_side: str = "right"
+        self, asrs: list[str], captions: list[str] | None = None, padding_side: str = "right",
+        tags: list[str] | None = None,
     ) -> dict[str, Tensor]:
         """``build_batch`` with this model's tokenizer, template and limits."""
         return build_batch(
@@ -204,6 +217,7 @@ class VideoLLM(nn.Module):
             max_asr_tokens=self.max_asr_tokens,
             max_caption_tokens=self.max_caption_tokens,
             padding_side=padding_side,
+            tags=tags,
         )
 
     def encode_video(self, video: Tensor) -> Tensor:
@@ -284,6 +298,7 @@ class VideoLLM(nn.Module):
         sample_seeds: list[int] | None = None,
         temperature: float = 1.0,
         top_p: float = 1.0,
+        tags: list[str] | None = None,
         **generate_kwargs,
     ) -> list[str]:
         """Caption a batch of clips; returns one string per clip.
@@ -295,7 +310,8 @@ class VideoLLM(nn.Module):
 
         ``sample_seeds`` (one per clip) samples at ``temperature`` from the nucleus ``top_p`` with
         draws that belong to each clip (``components.seeded_sampling``): a clip's caption does not
-        depend on the rest of its batch. Not with beams or ``do_sample``.
+        depend on the rest of its batch. Not with beams or ``do_sample``. ``tags``: one string of
+        tag words per clip for the prompt (see the module docstring).
         """
         processors = LogitsProcessorList()
         if sample_seeds is not None:
@@ -308,7 +324,7 @@ class VideoLLM(nn.Module):
         self.eval()  # no dropout, whatever the caller's mode
         try:
             device = next(self.language_model.parameters()).device
-            batch = self.build_batch(asrs, padding_side="left")
+            batch = self.build_batch(asrs, padding_side="left", tags=tags)
             batch = {k: v.to(device) for k, v in batch.items()}
             ids, mask = batch["input_ids"], batch["attention_mask"]
             embeds = self.embed(video.to(device), ids, mask, batch["visual_mask"])
