@@ -113,6 +113,7 @@ class PerClipCaptioner:
 
     def __init__(self, module: VideoLLMModule, backend: str) -> None:
         hp = module.hparams
+        self.module = module
         self.net = module.net
         self.num_frames = hp.num_frames
         self.backend = backend
@@ -132,9 +133,12 @@ class PerClipCaptioner:
 
     @torch.no_grad()
     def caption(self, video: torch.Tensor, asr: str) -> str:
-        prompt = self.net.build_batch([asr], padding_side="left")
-        embeds = self.net.embed(video.unsqueeze(0), prompt["input_ids"], prompt["attention_mask"],
-                                prompt["visual_mask"])
+        video, tokens, tags = video.unsqueeze(0), None, None
+        if self.module.hparams.get("tag_prompt"):  # the tags the head recognises go into the prompt
+            tokens, tags = self.module.recognised_tags(video)
+        prompt = self.net.build_batch([asr], padding_side="left", tags=tags)
+        embeds = self.net.embed(video, prompt["input_ids"], prompt["attention_mask"], prompt["visual_mask"],
+                                video_tokens=tokens)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Passing `no_repeat_ngram_size` with `inputs_embeds`")
             out = self.net.language_model.generate(inputs_embeds=embeds, attention_mask=prompt["attention_mask"],

@@ -321,21 +321,22 @@ class VideoLLMModule(L.LightningModule):
             extra.update(sample_seeds=[clip_seed(c, seed) for c in batch["clip_id"]],
                          temperature=hp.get("temperature", 1.0), top_p=hp.get("top_p", 0.9))
         if self._tag_prompt:
-            extra["tags"] = self._recognised_tags(batch["video"])
+            extra["video_tokens"], extra["tags"] = self.recognised_tags(batch["video"])
         return self.net.generate(
             batch["video"], batch["asr"], max_new_tokens=hp.max_new_tokens, num_beams=hp.num_beams, **extra
         )
 
     @torch.no_grad()
-    def _recognised_tags(self, video: torch.Tensor) -> list[str]:
-        """The prompt's tag words for each clip: what the tag head recognises in its frames."""
+    def recognised_tags(self, video: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+        """The video encoder's tokens (eval mode, as ``generate`` encodes) and the prompt's tag
+        words for each clip: what the tag head recognises in its frames."""
         was_training = self.net.training
-        self.net.eval()  # running statistics, no dropout: as generate sees the video
+        self.net.eval()  # running statistics, no dropout
         try:
-            named = self.tag_head.predict(self.net.video_encoder(video))
+            tokens = self.net.video_encoder(video)
         finally:
             self.net.train(was_training)
-        return [tag_text(t, self.tag_head.tags) for t in named]
+        return tokens, [tag_text(t, self.tag_head.tags) for t in self.tag_head.predict(tokens)]
 
     @property
     def _tag_prompt(self) -> bool:

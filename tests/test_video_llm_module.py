@@ -223,9 +223,12 @@ def test_tag_prompt_teaches_with_the_caption_tags_and_captions_with_the_recognis
     module._score(batch)
     assert seen[-1] == ["red circle right snow", "blue square"]  # the target's own tags, canonical words
     module.train()
-    module.caption(batch)
+    captions = module.caption(batch)
     recognised = seen[-1]
     assert module.training and len(recognised) == 2
+    # the encoder's tokens are reused for the caption: the same as encoding the video again
+    assert captions == module.net.generate(batch["video"], batch["asr"], max_new_tokens=12, tags=recognised,
+                                           no_repeat_ngram_size=3)
     for words in recognised:  # one value at least of every attribute a clean caption names
         named = world_tags(words)
         assert {t.split(":")[0] for t in named} >= {"shape", "color", "motion", "scene"}

@@ -236,10 +236,14 @@ class VideoLLM(nn.Module):
         return (pos >= first) & (pos < first + n)
 
     def embed(
-        self, video: Tensor, input_ids: Tensor, attention_mask: Tensor, visual_mask: Tensor | None = None
+        self, video: Tensor, input_ids: Tensor, attention_mask: Tensor, visual_mask: Tensor | None = None,
+        video_tokens: Tensor | None = None,
     ) -> Tensor:
-        """The LM's ``inputs_embeds``: token embeddings with the visual tokens written in."""
-        return self._splice(self.encode_video(video), input_ids, attention_mask, visual_mask)
+        """The LM's ``inputs_embeds``: token embeddings with the visual tokens written in.
+        ``video_tokens``: the video encoder's output for ``video``, if the caller has it."""
+        if video_tokens is None:
+            video_tokens = self.video_encoder(video)
+        return self._splice(self._connect(video_tokens), input_ids, attention_mask, visual_mask)
 
     def _splice(
         self, visual: Tensor, input_ids: Tensor, attention_mask: Tensor, visual_mask: Tensor | None
@@ -299,6 +303,7 @@ class VideoLLM(nn.Module):
         temperature: float = 1.0,
         top_p: float = 1.0,
         tags: list[str] | None = None,
+        video_tokens: Tensor | None = None,
         **generate_kwargs,
     ) -> list[str]:
         """Caption a batch of clips; returns one string per clip.
@@ -311,7 +316,8 @@ class VideoLLM(nn.Module):
         ``sample_seeds`` (one per clip) samples at ``temperature`` from the nucleus ``top_p`` with
         draws that belong to each clip (``components.seeded_sampling``): a clip's caption does not
         depend on the rest of its batch. Not with beams or ``do_sample``. ``tags``: one string of
-        tag words per clip for the prompt (see the module docstring).
+        tag words per clip for the prompt (see the module docstring). ``video_tokens``: the video
+        encoder's output for ``video`` in eval mode, if the caller has it (saves a second pass).
         """
         processors = LogitsProcessorList()
         if sample_seeds is not None:
@@ -327,7 +333,8 @@ class VideoLLM(nn.Module):
             batch = self.build_batch(asrs, padding_side="left", tags=tags)
             batch = {k: v.to(device) for k, v in batch.items()}
             ids, mask = batch["input_ids"], batch["attention_mask"]
-            embeds = self.embed(video.to(device), ids, mask, batch["visual_mask"])
+            tokens = video_tokens.to(device) if video_tokens is not None else None
+            embeds = self.embed(video.to(device), ids, mask, batch["visual_mask"], video_tokens=tokens)
             tok = self.tokenizer
             config = GenerationConfig(
                 max_new_tokens=max_new_tokens,
