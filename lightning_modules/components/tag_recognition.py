@@ -87,16 +87,20 @@ class TagRecognition(nn.Module):
         super().__init__()
         self.tags = list(tags)
         self.index = {t: i for i, t in enumerate(self.tags)}
-        self.attribute_of = [t.split(":", 1)[0] for t in self.tags]
+        self.attribute_of = {t: t.split(":", 1)[0] for t in self.tags}
+        self.columns: dict[str, list[int]] = {}  # attribute → its tags' logit indices
+        for i, tag in enumerate(self.tags):
+            self.columns.setdefault(self.attribute_of[tag], []).append(i)
         if always_named is None:
-            always_named = [a for a in ("shape", "color", "motion", "scene") if a in self.attribute_of]
+            always_named = [a for a in ("shape", "color", "motion", "scene") if a in self.columns]
         for key, attributes in (("speech_attributes", speech_attributes), ("always_named", always_named)):
-            unknown = sorted(set(attributes) - set(self.attribute_of))
+            unknown = sorted(set(attributes) - set(self.columns))
             if unknown:
-                raise ValueError(f"{key}: no tag of attribute(s) {unknown}; tags have {sorted(set(self.attribute_of))}")
-        self.speech_attributes = tuple(speech_attributes)
+                raise ValueError(f"{key}: no tag of attribute(s) {unknown}; tags have {sorted(self.columns)}")
+        self.speech_attributes = frozenset(speech_attributes)
         self.register_buffer("column_weight", torch.tensor(
-            [speech_weight if a in self.speech_attributes else 1.0 for a in self.attribute_of]), persistent=False)
+            [speech_weight if self.attribute_of[t] in self.speech_attributes else 1.0 for t in self.tags]),
+            persistent=False)
         self.always_named = tuple(always_named)
         self.parse = parse
         self.head = nn.Linear(width, len(self.tags))
@@ -107,21 +111,18 @@ class TagRecognition(nn.Module):
             raise ValueError("speech_attributes need one transcript per caption")
         hot = torch.zeros(len(captions), len(self.tags))
         mask = torch.ones_like(hot)
-        speech_columns = [i for i, a in enumerate(self.attribute_of) if a in self.speech_attributes]
         for row, caption in enumerate(captions):
-            named = {t for t in self.parse(caption) if t in self.index}
+            named = [t for t in self._known(caption) if self.attribute_of[t] not in self.speech_attributes]
             if self.speech_attributes:
-                named = {t for t in named if t.split(":", 1)[0] not in self.speech_attributes}
-                spoken = {t for t in self.parse(transcripts[row]) if t in self.index}
-                for attribute in self.speech_attributes:
-                    said = {t for t in spoken if t.startswith(attribute + ":")}
-                    if said:
-                        named |= said
-                    else:
-                        mask[row, [i for i in speech_columns if self.attribute_of[i] == attribute]] = 0.0
-            for tag in named:
-                hot[row, self.index[tag]] = 1.0
+                spoken = [t for t in self._known(transcripts[row]) if self.attribute_of[t] in self.speech_attributes]
+                named += spoken
+                for attribute in self.speech_attributes - {self.attribute_of[t] for t in spoken}:
+                    mask[row, self.columns[attribute]] = 0.0  # the transcript does not say
+            hot[row, [self.index[t] for t in named]] = 1.0
         return hot, mask
+
+    def _known(self, text: str) -> list[str]:
+        return [t for t in self.parse(text) if t in self.index]
 
     def logits(self, tokens: Tensor) -> Tensor:
         """``tokens`` ``[B, N, width]`` (CLS first) → ``[B, len(tags)]``."""
@@ -132,11 +133,11 @@ class TagRecognition(nn.Module):
         """The tags each clip shows: those above ``threshold``, and the top value of every
         ``always_named`` attribute."""
         probs = torch.sigmoid(self.logits(tokens).float()).cpu()
-        groups = {a: [i for i, b in enumerate(self.attribute_of) if b == a] for a in self.always_named}
         named = []
         for row in probs:
             chosen = {self.tags[i] for i in (row >= threshold).nonzero().flatten().tolist()}
-            for columns in groups.values():
+            for attribute in self.always_named:
+                columns = self.columns[attribute]
                 chosen.add(self.tags[columns[int(row[columns].argmax())]])
             named.append(chosen)
         return named

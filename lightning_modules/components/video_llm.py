@@ -241,9 +241,8 @@ class VideoLLM(nn.Module):
     ) -> Tensor:
         """The LM's ``inputs_embeds``: token embeddings with the visual tokens written in.
         ``video_tokens``: the video encoder's output for ``video``, if the caller has it."""
-        if video_tokens is None:
-            video_tokens = self.video_encoder(video)
-        return self._splice(self._connect(video_tokens), input_ids, attention_mask, visual_mask)
+        visual = self.encode_video(video) if video_tokens is None else self._connect(video_tokens)
+        return self._splice(visual, input_ids, attention_mask, visual_mask)
 
     def _splice(
         self, visual: Tensor, input_ids: Tensor, attention_mask: Tensor, visual_mask: Tensor | None
