@@ -46,8 +46,8 @@ log = logging.getLogger(__name__)
 
 TOKENIZER_KEY = "video_qa_tokenizer"
 #: Arguments a VideoLLM checkpoint given as ``init_from`` must have been built with.
-NETWORK_KEYS = ("preset", "num_frames", "image_size", "conv_stem", "frame_difference", "video_encoder_path",
-                "language_model_path")
+NETWORK_KEYS = ("preset", "num_frames", "image_size", "conv_stem", "pool_grid", "frame_difference",
+                "video_encoder_path", "language_model_path")
 
 
 class GenerativeVideoQA(L.LightningModule):
@@ -64,6 +64,7 @@ class GenerativeVideoQA(L.LightningModule):
         num_frames: int = 8,
         image_size: int = 32,
         conv_stem: bool = False,
+        pool_grid: tuple[int, int, int] | None = None,
         frame_difference: bool = False,
         instruction: str = "Answer the question about the video.",
         question_prefix: str = "Question:",
@@ -87,6 +88,7 @@ class GenerativeVideoQA(L.LightningModule):
             num_frames: frames per clip; must match the data.
             image_size: frame side in pixels; must match the data.
             conv_stem: ``tiny``/``smol``: convolutional patch embedding; must match ``init_from``.
+            pool_grid: ``(t, h, w)`` visual token grid (None: the preset's default); ditto.
             frame_difference: ``tiny``/``smol``: frame differences as extra channels; ditto.
             instruction: the instruction after the visual tokens.
             question_prefix: the text before the question (the transcript slot of the template).
@@ -128,6 +130,7 @@ class GenerativeVideoQA(L.LightningModule):
             image_size=hp.image_size,
             num_frames=hp.num_frames,
             conv_stem=hp.conv_stem,
+            pool_grid=hp.pool_grid,
             frame_difference=hp.frame_difference,
             instruction=hp.instruction,
             transcript_prefix=hp.question_prefix,
@@ -165,7 +168,7 @@ class GenerativeVideoQA(L.LightningModule):
     def _load_video_llm(self, checkpoint: dict[str, Any]) -> None:
         path, built = self.hparams.init_from, checkpoint.get("hyper_parameters", {})
         differ = [f"{k}={built[k]!r} (here {self.hparams[k]!r})" for k in NETWORK_KEYS
-                  if k in built and built[k] != self.hparams[k]]
+                  if k in built and _plain(built[k]) != _plain(self.hparams[k])]
         if differ:
             raise ValueError(f"model.init_from: {path} was built with {', '.join(differ)}; "
                              "set these model arguments to match")
@@ -247,3 +250,7 @@ class GenerativeVideoQA(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._qa_trained = bool(checkpoint.get(QA_TRAINED_KEY, False))
 
+
+def _plain(value: Any) -> Any:
+    """A grid from YAML is a list, from Python a tuple: compare them as equal."""
+    return tuple(value) if isinstance(value, list | tuple) else value

@@ -291,6 +291,18 @@ def test_generative_starts_from_a_videollm_checkpoint(tiny_world, tmp_path):
 
     with pytest.raises(ValueError, match=r"model.init_from: .* was built with num_frames=4 \(here 8\)"):
         GenerativeVideoQA(init_from=str(path), num_frames=8).configure_model()
+
+    # a grid of visual tokens other than the default: the weights fit either grid, the tokens do not
+    grid = VideoLLMModule(preset="tiny", tokenizer=str(tmp_path / "captioner_tok"), num_frames=4, pool_grid=(2, 2, 2))
+    grid.configure_model()
+    gridded = tmp_path / "gridded.ckpt"
+    torch.save({"state_dict": grid.state_dict(), "hyper_parameters": dict(grid.hparams)}, gridded)
+    with pytest.raises(ValueError, match=r"was built with pool_grid=\(2, 2, 2\) \(here None\)"):
+        GenerativeVideoQA(init_from=str(gridded), num_frames=4).configure_model()
+    matched = GenerativeVideoQA(init_from=str(gridded), num_frames=4, pool_grid=[2, 2, 2])  # as YAML gives it
+    matched.configure_model()
+    tokens = [m.net.video_encoder(video).shape[1] for m in (matched, grid, qa)]
+    assert tokens[0] == tokens[1] < tokens[2]
     other_tok = tmp_path / "other_tok"
     train_tokenizer(["just a few words"]).save_pretrained(str(other_tok))
     with pytest.raises(ValueError, match="does not fit this VideoLLM"):
