@@ -88,7 +88,8 @@ def run(name: str, schedule, args, train: Path, held: Path, world: Path, out: Pa
     model = VideoLLMModule(
         preset="tiny", tokenizer=str(out / "tokenizer"), tokenizer_sources=[str(train), str(world / "pool")],
         image_size=args.image_size, conv_stem=args.conv_stem, frame_difference=args.frame_difference, asr_dropout=args.asr_dropout,
-        tag_weight=args.tag_weight,
+        tag_weight=args.tag_weight, tag_prompt=args.tag_prompt,
+        init_from_ilm=str(args.init_from_ilm) if args.init_from_ilm else None,
         gamma_schedule=schedule, w_min=0.2, optimizer=lambda p: torch.optim.AdamW(p, lr=args.lr, weight_decay=0.01),
         scheduler=one_cycle(args, train),
     )
@@ -139,6 +140,10 @@ def main() -> None:
     parser.add_argument("--conv-stem", action="store_true", help="convolutional patch embedding")
     parser.add_argument("--frame-difference", action="store_true", help="frame differences as extra channels")
     parser.add_argument("--tag-weight", type=float, default=0.0, help="weight of the encoder's tag-recognition term")
+    parser.add_argument("--tag-prompt", action="store_true",
+                        help="write the tags the encoder recognises into the prompt (needs --tag-weight > 0)")
+    parser.add_argument("--init-from-ilm", type=Path, default=None,
+                        help="start from this image captioner checkpoint (configs/demo/ilm_pretrain.yaml's last.ckpt)")
     parser.add_argument("--losses", nargs="+", choices=("cross_entropy", "adatailr"), default=["cross_entropy", "adatailr"],
                         help="which runs to make")
     args = parser.parse_args()
