@@ -51,6 +51,7 @@ from datamodules.annotation_store import atomic_write_json  # noqa: E402
 from datamodules.flywheel_datamodule import FlywheelDataModule  # noqa: E402
 from datamodules.video_reader import read_clip  # noqa: E402
 from datamodules.video_transforms import build_video_transform  # noqa: E402
+from lightning_modules.components.tag_recognition import tag_text  # noqa: E402
 from lightning_modules.video_llm_module import VideoLLMModule  # noqa: E402
 
 
@@ -79,6 +80,7 @@ def load_model(args: argparse.Namespace, pool: Path) -> VideoLLMModule:
                                 num_frames=args.num_frames, image_size=args.image_size)
         module.configure_model()
     module.hparams.sample_captions = False  # greedy, so that both paths must agree
+    module.hparams.caption_samples = 0
     module.hparams.num_beams = 1
     if args.max_new_tokens:
         module.hparams.max_new_tokens = args.max_new_tokens
@@ -135,7 +137,8 @@ class PerClipCaptioner:
     def caption(self, video: torch.Tensor, asr: str) -> str:
         video, tokens, tags = video.unsqueeze(0), None, None
         if self.module.hparams.get("tag_prompt"):  # the tags the head recognises go into the prompt
-            tokens, tags = self.module.recognised_tags(video)
+            tokens, recognised = self.module.recognised_tags(video)
+            tags = [tag_text(t, self.module.tag_head.tags) for t in recognised]
         prompt = self.net.build_batch([asr], padding_side="left", tags=tags)
         embeds = self.net.embed(video, prompt["input_ids"], prompt["attention_mask"], prompt["visual_mask"],
                                 video_tokens=tokens)

@@ -24,8 +24,11 @@ from typing import Any
 import lightning as L
 import torch
 
-from lightning_modules.components.caption_merger import MERGE_INSTRUCTION, MERGE_SYSTEM, CaptionMerger
+from lightning_modules.components.caption_merger import MERGE_INSTRUCTION, MERGE_SYSTEM, CaptionMerger, clean_caption
 from lightning_modules.components.frame_captioner import FRAME_CAPTIONER_KINDS, build_frame_captioner
+from lightning_modules.components.grounded_choice import first_grounded
+from lightning_modules.components.seeded_sampling import clip_seed
+from lightning_modules.components.tag_recognition import world_tags
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -63,6 +66,10 @@ class InitialRefinerModule(L.LightningModule):
         max_asr_words: int = 48,
         max_new_tokens: int = 40,
         prefix_cache: bool = True,
+        merge_samples: int = 0,
+        temperature: float = 1.0,
+        top_p: float = 0.95,
+        sample_seed: int = 0,
     ) -> None:
         """
         Args:
@@ -84,6 +91,12 @@ class InitialRefinerModule(L.LightningModule):
             max_asr_words: transcripts are cut to this many words in the prompt.
             max_new_tokens: merged caption length limit.
             prefix_cache: compute the prompt head shared by all clips once per batch (same output, faster).
+            merge_samples: besides the greedy merge, sample this many merges per clip (at
+                ``temperature`` from the nucleus ``top_p``, seeded by ``sample_seed`` and the clip id)
+                and keep the first grounded one (``components.grounded_choice``: it names only tags
+                the frame captions or the transcript name, and no fewer kinds of them than the
+                greedy merge); 0 = greedy only. Greedy merges fall into a few templates; this keeps
+                the wording diverse. One generation runs the greedy and sampled rows together.
         """
         super().__init__()
         if ilm_kind not in FRAME_CAPTIONER_KINDS:
@@ -97,6 +110,8 @@ class InitialRefinerModule(L.LightningModule):
             raise ValueError(f"model.merger_dtype: must be one of {sorted(DTYPES)} or null, got {merger_dtype!r}")
         if frames_per_clip < 1:
             raise ValueError(f"model.frames_per_clip must be >= 1, got {frames_per_clip}")
+        if merge_samples < 0:
+            raise ValueError(f"model.merge_samples must be >= 0, got {merge_samples}")
         self.save_hyperparameters()
         self.captioner: torch.nn.Module | None = None
         self.merger: CaptionMerger | None = None
@@ -132,7 +147,20 @@ class InitialRefinerModule(L.LightningModule):
         """Merged captions and the frame captions they came from, for one batch."""
         assert self.merger is not None
         frames = self.frame_captions(batch["video"])
-        return self.merger.merge(frames, batch["asr"]), frames
+        hp = self.hparams
+        if not hp.merge_samples:
+            return self.merger.merge(frames, batch["asr"]), frames
+        n = len(frames)
+        prompts = [self.merger.prompt(f, a) for f, a in zip(frames, batch["asr"])]
+        seeds = [None] * n + [clip_seed(c, hp.sample_seed + j) for j in range(hp.merge_samples) for c in batch["clip_id"]]
+        raw = self.merger.generate_raw(prompts * (hp.merge_samples + 1), sample_seeds=seeds,
+                                       temperature=hp.temperature, top_p=hp.top_p)
+        texts = [clean_caption(t) for t in raw]  # the greedy merges, then one block of samples per draw
+        captions = [
+            first_grounded(texts[i], texts[n + i :: n], world_tags(" ".join([*frames[i], batch["asr"][i]])))
+            for i in range(n)
+        ]
+        return captions, frames
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         if not batch["clip_id"]:
@@ -150,4 +178,7 @@ class InitialRefinerModule(L.LightningModule):
             "ilm": self.captioner.describe() if self.captioner is not None else self.hparams.ilm_path,
             "llm": self.merger.describe() if self.merger is not None else (self.hparams.merger_path or "SmolLM2"),
             "frames_per_clip": self.hparams.frames_per_clip,
+            "merge_samples": self.hparams.merge_samples,
+            **({"temperature": self.hparams.temperature, "top_p": self.hparams.top_p, "sample_seed": self.hparams.sample_seed}
+               if self.hparams.merge_samples else {}),
         }

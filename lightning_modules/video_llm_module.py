@@ -26,6 +26,7 @@ from lightning_modules.components.adatailr import tailr_loss_with_stats
 from lightning_modules.components.frame_captioner import TinyVideoLLMCaptioner
 from lightning_modules.components.gamma_schedules import AdaptiveGamma, GammaSchedule
 from lightning_modules.components.presets import PRESETS, build_video_llm, network_arguments
+from lightning_modules.components.grounded_choice import first_grounded
 from lightning_modules.components.seeded_sampling import clip_seed
 from lightning_modules.components.sharding import data_parallel_mesh, shard_model
 from lightning_modules.components.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
@@ -76,6 +77,7 @@ class VideoLLMModule(L.LightningModule):
         temperature: float = 1.0,
         top_p: float = 0.9,
         sample_seed: int = 0,
+        caption_samples: int = 0,
         val_generate_batches: int = 2,
         fsdp_mixed_precision: bool = True,
         activation_checkpointing: bool = False,
@@ -137,6 +139,11 @@ class VideoLLMModule(L.LightningModule):
                 re-annotated pool collapses into a few templates; the draws are seeded per clip
                 (``sample_seed`` and the clip id), so a clip's caption does not depend on its batch,
                 rank or the number of workers.
+            caption_samples: with ``tag_prompt``: besides the greedy caption, sample this many per
+                clip (as ``sample_captions`` does, seeds ``sample_seed`` + 1, + 2, …) and keep the
+                first grounded in the recognised tags (``components.grounded_choice``: it names only
+                tags the head recognises, and no fewer kinds of them than the greedy caption); where
+                none is, the greedy caption stays. 0 = off.
             val_generate_batches: validation batches captioned by generation for the agreement metric.
             fsdp_mixed_precision: with a sharded strategy (``ModelParallelStrategy``): compute in bf16,
                 reduce gradients and keep the sharded master weights in fp32 (``components.sharding``).
@@ -157,6 +164,12 @@ class VideoLLMModule(L.LightningModule):
         if (tag_prompt or speech_tags) and tag_weight <= 0.0:
             raise ValueError("model.tag_prompt and model.speech_tags need model.tag_weight > 0: "
                              "the tag head names the tags")
+        if caption_samples < 0:
+            raise ValueError(f"model.caption_samples: must be >= 0, got {caption_samples}")
+        if caption_samples and not tag_prompt:
+            raise ValueError("model.caption_samples needs model.tag_prompt: samples are checked against the recognised tags")
+        if caption_samples and sample_captions:
+            raise ValueError("model.caption_samples and model.sample_captions: choose one (the first keeps a greedy fallback)")
         if preset == "tiny" and tokenizer is None and not tokenizer_sources:
             raise ValueError("model.tokenizer: preset 'tiny' needs a tokenizer folder or model.tokenizer_sources to train one")
         for key, value in (("tokenizer_sources", tokenizer_sources or []),):
@@ -295,14 +308,14 @@ class VideoLLMModule(L.LightningModule):
             if self.trainer.world_size > 1:  # keep step with the other ranks' collectives (sharded)
                 self._score(self.blank_batch())
                 if batch_idx < self.hparams.val_generate_batches:
-                    self.caption(self.blank_batch())
+                    self.caption(self.blank_batch(), samples=0)
             return
         size = len(batch["clip_id"])
         out = self._score(batch)
         _, stats = tailr_loss_with_stats(out.logits, out.labels, 0.0)
         self.log("val/caption_nll", stats.nll, prog_bar=True, batch_size=size, sync_dist=True)
         if batch_idx < self.hparams.val_generate_batches:
-            captions = self.caption(batch)
+            captions = self.caption(batch, samples=0)  # the greedy captions: cheap, every epoch
             for attribute, agree in attribute_agreement(captions, batch["caption"]).items():
                 self.log(f"val/agreement_{attribute}", agree, batch_size=size, sync_dist=True)
             if batch_idx == 0:
@@ -312,31 +325,45 @@ class VideoLLMModule(L.LightningModule):
         captions = self.caption(batch) if batch["clip_id"] else []
         return [{"clip_id": c, "caption": t} for c, t in zip(batch["clip_id"], captions)]
 
-    def caption(self, batch: dict[str, Any]) -> list[str]:
+    def caption(self, batch: dict[str, Any], samples: int | None = None) -> list[str]:
+        """One caption per clip of ``batch``; ``samples`` overrides ``caption_samples`` (0: greedy)."""
         assert self.net is not None
         hp = self.hparams
+        samples = hp.get("caption_samples", 0) if samples is None else samples
         extra = {"no_repeat_ngram_size": hp.no_repeat_ngram_size} if hp.get("no_repeat_ngram_size") else {}
         if hp.get("sample_captions", False):
             seed = hp.get("sample_seed", 0)
             extra.update(sample_seeds=[clip_seed(c, seed) for c in batch["clip_id"]],
                          temperature=hp.get("temperature", 1.0), top_p=hp.get("top_p", 0.9))
+        recognised = None
         if self._tag_prompt:
-            extra["video_tokens"], extra["tags"] = self.recognised_tags(batch["video"])
-        return self.net.generate(
+            extra["video_tokens"], recognised = self.recognised_tags(batch["video"])
+            extra["tags"] = [tag_text(t, self.tag_head.tags) for t in recognised]
+        greedy = self.net.generate(
             batch["video"], batch["asr"], max_new_tokens=hp.max_new_tokens, num_beams=hp.num_beams, **extra
         )
+        if not samples or recognised is None:
+            return greedy
+        seed = hp.get("sample_seed", 0)
+        drawn = [
+            self.net.generate(batch["video"], batch["asr"], max_new_tokens=hp.max_new_tokens,
+                              sample_seeds=[clip_seed(c, seed + 1 + j) for c in batch["clip_id"]],
+                              temperature=hp.get("temperature", 1.0), top_p=hp.get("top_p", 0.9), **extra)
+            for j in range(samples)
+        ]
+        return [first_grounded(g, [d[i] for d in drawn], recognised[i]) for i, g in enumerate(greedy)]
 
     @torch.no_grad()
-    def recognised_tags(self, video: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
-        """The video encoder's tokens (eval mode, as ``generate`` encodes) and the prompt's tag
-        words for each clip: what the tag head recognises in its frames."""
+    def recognised_tags(self, video: torch.Tensor) -> tuple[torch.Tensor, list[set[str]]]:
+        """The video encoder's tokens (eval mode, as ``generate`` encodes) and the tags the tag
+        head recognises in each clip's frames (render them for a prompt with ``tag_text``)."""
         was_training = self.net.training
         self.net.eval()  # running statistics, no dropout
         try:
             tokens = self.net.video_encoder(video)
         finally:
             self.net.train(was_training)
-        return tokens, [tag_text(t, self.tag_head.tags) for t in self.tag_head.predict(tokens)]
+        return tokens, self.tag_head.predict(tokens)
 
     @property
     def _tag_prompt(self) -> bool:

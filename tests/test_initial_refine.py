@@ -36,7 +36,10 @@ from lightning_modules.components.frame_captioner import (
     TinyVideoLLMCaptioner,
     build_frame_captioner,
 )
+from lightning_modules.components.grounded_choice import first_grounded
 from lightning_modules.components.language_model import tiny_llama
+from lightning_modules.components.seeded_sampling import clip_seed
+from lightning_modules.components.tag_recognition import world_tags
 from lightning_modules.components.tokenizer import train_tokenizer
 from lightning_modules.initial_refiner import InitialRefinerModule, uniform_frame_indices
 from lightning_modules.merger_sft import MergerSFTModule
@@ -455,3 +458,26 @@ def test_two_process_round_resumes_with_one_shard_per_rank_and_every_clip_once(t
     assert manifest["records"] == len(ids) and manifest["written_this_run"] == len(ids) - 5
     assert manifest["already_stored_before_this_run"] == 5
     assert not list(round_dir(run, 0).glob(".stored_clips*"))  # the snapshot served this pass only
+
+
+def test_merge_samples_keep_the_first_merge_grounded_in_the_frames_and_transcript(ilm_run, tiny_lm_dir):
+    ckpt = str(ilm_run / "ilm" / "checkpoints" / "last.ckpt")
+    with pytest.raises(ValueError, match="model.merge_samples must be >= 0"):
+        InitialRefinerModule(ilm_path=ckpt, merge_samples=-1)
+    module = InitialRefinerModule(ilm_path=ckpt, merger_path=str(tiny_lm_dir), max_new_tokens=8, merge_samples=3,
+                                  temperature=1.5, sample_seed=7)
+    module.configure_model()
+    torch.manual_seed(0)
+    # transcripts naming most values, so that a random LM's samples are often grounded
+    asrs = [" ".join(WORDS[:-8]), " ".join(WORDS[2:]), " ".join(WORDS[::-1])]
+    batch = {"video": torch.rand(3, 3, 3, 32, 32), "asr": asrs, "clip_id": ["a", "b", "c"]}
+    captions, frames = module.refine(batch)
+    merger = module.merger
+    prompts = [merger.prompt(f, a) for f, a in zip(frames, asrs)]
+    greedy = [clean_caption(t) for t in merger.generate_raw(prompts)]
+    samples = [[clean_caption(t) for t in merger.generate_raw(prompts, sample_seeds=[clip_seed(c, 7 + j) for c in "abc"],
+                                                             temperature=1.5, top_p=0.95)] for j in range(3)]
+    expected = [first_grounded(g, [s[i] for s in samples], world_tags(" ".join([*frames[i], asrs[i]])))
+                for i, g in enumerate(greedy)]
+    assert captions == expected and captions != greedy  # one generation of greedy and sampled rows, then the choice
+    assert module.describe()["merge_samples"] == 3

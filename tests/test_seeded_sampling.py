@@ -72,3 +72,11 @@ def test_a_clips_caption_does_not_depend_on_its_batch():
     assert together != greedy  # sampling from an untrained model does not reproduce the mode
     with pytest.raises(ValueError, match="num_beams"):
         model.generate(videos, asrs, num_beams=2, sample_seeds=seeds)
+
+
+def test_a_row_without_a_seed_stays_greedy():
+    scores = torch.log(torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])).repeat(50, 1)
+    seeds = [None if i % 2 else i for i in range(100)]
+    picked = SeededSampling(seeds, temperature=1.5, top_p=0.9)(torch.zeros(100, 3, dtype=torch.long), scores).argmax(-1)
+    assert picked[1::2].tolist() == scores[1::2].argmax(-1).tolist()  # greedy rows: their top token
+    assert len(set(picked[0::2].tolist())) > 1  # seeded rows still sample

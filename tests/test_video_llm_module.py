@@ -10,7 +10,9 @@ import lightning as L
 from callbacks.gamma_monitor import GammaMonitor
 from datamodules.clip_datamodule import ClipCaptionDataModule
 from lightning_modules.components.gamma_schedules import AdaptiveGamma, ConstantGamma
-from lightning_modules.components.tag_recognition import world_tags
+from lightning_modules.components.grounded_choice import first_grounded
+from lightning_modules.components.seeded_sampling import clip_seed
+from lightning_modules.components.tag_recognition import tag_text, world_tags
 from lightning_modules.video_llm_module import VideoLLMModule, attribute_agreement
 from train import cli_main
 
@@ -234,5 +236,31 @@ def test_tag_prompt_teaches_with_the_caption_tags_and_captions_with_the_recognis
         assert {t.split(":")[0] for t in named} >= {"shape", "color", "motion", "scene"}
     with pytest.raises(ValueError, match="model.tag_prompt and model.speech_tags need model.tag_weight"):
         tiny_module(tiny_world, tmp_path, tag_prompt=True)
+    with pytest.raises(ValueError, match="model.caption_samples needs model.tag_prompt"):
+        tiny_module(tiny_world, tmp_path, tag_weight=0.5, caption_samples=2)
+    with pytest.raises(ValueError, match="model.caption_samples and model.sample_captions"):
+        tiny_module(tiny_world, tmp_path, tag_weight=0.5, tag_prompt=True, caption_samples=2, sample_captions=True)
     with pytest.raises(ValueError, match="model.speech_tags: .*'colour'"):
         tiny_module(tiny_world, tmp_path, tag_weight=0.5, speech_tags=["colour"]).configure_model()
+
+
+def test_caption_samples_keep_the_first_sample_grounded_in_the_recognised_tags(tiny_world, tmp_path):
+    module = tiny_module(tiny_world, tmp_path, tag_weight=0.5, tag_prompt=True, caption_samples=3, temperature=1.5)
+    module.configure_model()
+    # an untrained head recognises most tags: most samples are then grounded, and some not
+    module.tag_head.predict = lambda tokens: [set(module.tag_head.tags) - {"scene:city"} for _ in tokens]
+    torch.manual_seed(0)
+    batch = {"video": torch.randn(3, 4, 3, 32, 32), "asr": ["hello", "the orb goes up", "a red ring"],
+             "clip_id": ["a", "b", "c"]}
+    captions = module.caption(batch)
+    _, recognised = module.recognised_tags(batch["video"])
+    greedy = module.caption(batch, samples=0)
+    tags = [tag_text(t, module.tag_head.tags) for t in recognised]
+    samples = [module.net.generate(batch["video"], batch["asr"], max_new_tokens=12, tags=tags, no_repeat_ngram_size=3,
+                                   sample_seeds=[clip_seed(c, 1 + j) for c in batch["clip_id"]], temperature=1.5,
+                                   top_p=0.9) for j in range(3)]
+    assert captions != greedy  # a sample replaced a greedy caption
+    assert captions == [first_grounded(g, [s[i] for s in samples], recognised[i]) for i, g in enumerate(greedy)]
+    # each clip's draws are its own: alone it gets the caption it got in the batch
+    alone = module.caption({k: v[1:2] for k, v in batch.items()})
+    assert alone == captions[1:2]

@@ -59,6 +59,8 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+from lightning_modules.components.seeded_sampling import SeededSampling
+
 from lightning_modules.components.language_model import load_causal_lm, load_smollm2
 
 log = logging.getLogger(__name__)
@@ -369,8 +371,13 @@ class CaptionMerger(nn.Module):
         return [clean_caption(t) for t in raw]
 
     @torch.no_grad()
-    def generate_raw(self, prompts: list[str]) -> list[str]:
-        """The raw continuation of each full prompt (see ``prompt``), before ``clean_caption``."""
+    def generate_raw(self, prompts: list[str], sample_seeds: Sequence[int | None] | None = None,
+                     temperature: float = 1.0, top_p: float = 1.0) -> list[str]:
+        """The raw continuation of each full prompt (see ``prompt``), before ``clean_caption``.
+
+        Greedy, unless ``sample_seeds`` (one per prompt) samples at ``temperature`` from the nucleus
+        ``top_p`` with draws that belong to each row (``components.seeded_sampling``; a None seed
+        keeps its row greedy)."""
         if not prompts:
             return []
         was_training = self.training
@@ -394,9 +401,15 @@ class CaptionMerger(nn.Module):
                 rows = [[pad] * (width - len(r)) + head + r for r in rest]
                 masks = [[0] * (width - len(r)) + [1] * (len(head) + len(r)) for r in rest]
             input_ids = torch.tensor(rows, device=device)
+            processors = LogitsProcessorList()
             if self.no_repeat_ngram > 0:
-                no_repeat = NoRepeatInCaption(self.no_repeat_ngram, input_ids.shape[1])
-                kwargs["logits_processor"] = LogitsProcessorList([no_repeat])
+                processors.append(NoRepeatInCaption(self.no_repeat_ngram, input_ids.shape[1]))
+            if sample_seeds is not None:
+                if len(sample_seeds) != len(prompts):
+                    raise ValueError(f"{len(prompts)} prompts but {len(sample_seeds)} sample seeds")
+                processors.append(SeededSampling(sample_seeds, temperature=temperature, top_p=top_p))
+            if processors:
+                kwargs["logits_processor"] = processors
             if self.stop_at_sentence_end:
                 kwargs["stopping_criteria"] = StoppingCriteriaList([StopAtSentenceEnd(self.tokenizer, input_ids.shape[1])])
             out = self.language_model.generate(

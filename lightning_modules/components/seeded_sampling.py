@@ -18,6 +18,7 @@ wording where the model learnt that several are fine.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -35,17 +36,18 @@ class SeededSampling(LogitsProcessor):
     """Turns greedy decoding into per-row seeded sampling (see the module docstring).
 
     Args:
-        seeds: one seed per batch row (``num_beams`` must be 1).
+        seeds: one seed per batch row (``num_beams`` must be 1); None leaves a row greedy, so one
+            batch can hold a clip's greedy caption beside its samples.
         temperature: softmax temperature (> 0).
         top_p: keep the smallest set of tokens whose probability reaches ``top_p`` (0 < top_p <= 1).
     """
 
-    def __init__(self, seeds: list[int], temperature: float = 1.0, top_p: float = 1.0) -> None:
+    def __init__(self, seeds: Sequence[int | None], temperature: float = 1.0, top_p: float = 1.0) -> None:
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        self.seeds = [int(s) for s in seeds]
+        self.seeds = [None if s is None else int(s) for s in seeds]
         self.temperature = temperature
         self.top_p = top_p
 
@@ -60,8 +62,10 @@ class SeededSampling(LogitsProcessor):
             drop_sorted = mass_before >= self.top_p  # the top token always stays (mass before it is 0)
             drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
             logp = logp.masked_fill(drop, float("-inf"))
-        noise = torch.empty_like(logp)
+        noise = torch.zeros_like(logp)  # a greedy row's arg-max is its top token, kept by any nucleus
         for row, seed in enumerate(self.seeds):
+            if seed is None:
+                continue
             generator = torch.Generator().manual_seed((seed * 1_000_003 + step) & (2**63 - 1))
             uniform = torch.rand(logp.shape[1], generator=generator).clamp_(1e-12, 1 - 1e-7)
             noise[row] = -torch.log(-torch.log(uniform)).to(noise.device)
