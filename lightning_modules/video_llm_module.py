@@ -25,8 +25,8 @@ from datamodules.synthetic_world.lexicon import attributes_mentioned
 from lightning_modules.components.adatailr import tailr_loss_with_stats
 from lightning_modules.components.frame_captioner import TinyVideoLLMCaptioner
 from lightning_modules.components.gamma_schedules import AdaptiveGamma, GammaSchedule
-from lightning_modules.components.presets import PRESETS, build_video_llm, network_arguments
 from lightning_modules.components.grounded_choice import first_grounded
+from lightning_modules.components.presets import PRESETS, build_video_llm, network_arguments
 from lightning_modules.components.seeded_sampling import clip_seed
 from lightning_modules.components.sharding import data_parallel_mesh, shard_model
 from lightning_modules.components.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer

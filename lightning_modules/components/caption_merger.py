@@ -59,9 +59,8 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from lightning_modules.components.seeded_sampling import SeededSampling
-
 from lightning_modules.components.language_model import load_causal_lm, load_smollm2
+from lightning_modules.components.seeded_sampling import SeededSampling
 
 log = logging.getLogger(__name__)
 
