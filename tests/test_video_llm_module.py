@@ -247,7 +247,7 @@ def test_tag_prompt_teaches_with_the_caption_tags_and_captions_with_the_recognis
 def test_caption_samples_keep_the_first_sample_grounded_in_the_recognised_tags(tiny_world, tmp_path):
     module = tiny_module(tiny_world, tmp_path, tag_weight=0.5, tag_prompt=True, caption_samples=3, temperature=1.5)
     module.configure_model()
-    # an untrained head recognises most tags: most samples are then grounded, and some not
+    # a head that recognises most tags (stubbed): most samples are then grounded, and some not
     module.tag_head.predict = lambda tokens: [set(module.tag_head.tags) - {"scene:city"} for _ in tokens]
     torch.manual_seed(0)
     batch = {"video": torch.randn(3, 4, 3, 32, 32), "asr": ["hello", "the orb goes up", "a red ring"],
