@@ -52,6 +52,7 @@ from datamodules.annotation_store import (
 from datamodules.caption_checks import caption_failure
 from datamodules.caption_index import CaptionIndex, build_caption_index
 from datamodules.loader_restarts import batches_with_restarts
+from lightning_modules.components.eval_mode import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +119,8 @@ class FlywheelCallback(L.Callback):
         sync.agree(_attempt(build_caption_index, round_dir(dm.opts.run_dir, index - 1), previous)
                    if trainer.is_global_zero else None)
         _share_buffers(module)
-        was_training = module.training
-        module.eval()
-        try:
+        with eval_mode(module):
             done_now = self._annotate(trainer, path, index, previous, sync)
-        finally:
-            module.train(was_training)
         error = None
         if trainer.is_global_zero:
             error = _attempt(self._write_manifest, path, index, trainer, module)

@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from datamodules.annotation_sources import open_source
 from datamodules.synthetic_world.lexicon import attributes_mentioned
 from lightning_modules.components.adatailr import tailr_loss_with_stats
+from lightning_modules.components.eval_mode import eval_mode
 from lightning_modules.components.frame_captioner import TinyVideoLLMCaptioner
 from lightning_modules.components.gamma_schedules import AdaptiveGamma, GammaSchedule
 from lightning_modules.components.grounded_choice import first_grounded
@@ -357,12 +358,8 @@ class VideoLLMModule(L.LightningModule):
     def recognised_tags(self, video: torch.Tensor) -> tuple[torch.Tensor, list[set[str]]]:
         """The video encoder's tokens (eval mode, as ``generate`` encodes) and the tags the tag
         head recognises in each clip's frames (render them for a prompt with ``tag_text``)."""
-        was_training = self.net.training
-        self.net.eval()  # running statistics, no dropout
-        try:
+        with eval_mode(self.net):  # running statistics, no dropout
             tokens = self.net.video_encoder(video)
-        finally:
-            self.net.train(was_training)
         return tokens, self.tag_head.predict(tokens)
 
     @property

@@ -59,6 +59,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+from lightning_modules.components.eval_mode import eval_mode
 from lightning_modules.components.language_model import load_causal_lm, load_smollm2
 from lightning_modules.components.seeded_sampling import SeededSampling
 
@@ -379,9 +380,7 @@ class CaptionMerger(nn.Module):
         keeps its row greedy)."""
         if not prompts:
             return []
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             device = next(self.language_model.parameters()).device
             head, rest = self.encode_prompts(prompts)
             pad = self.tokenizer.pad_token_id
@@ -417,8 +416,6 @@ class CaptionMerger(nn.Module):
                 pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id, **kwargs,
             )
             return self.tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
-        finally:
-            self.train(was_training)
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write the LM, its tokenizer and the prompt settings as a local HF folder."""

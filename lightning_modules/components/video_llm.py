@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_modules.components.connector import MLPConnector
+from lightning_modules.components.eval_mode import eval_mode
 from lightning_modules.components.seeded_sampling import SeededSampling
 from lightning_modules.components.tokenizer import validate_tokenizer
 from lightning_modules.components.video_encoder import VideoEncoder
@@ -325,9 +326,7 @@ class VideoLLM(nn.Module):
             if len(sample_seeds) != len(asrs):
                 raise ValueError(f"{len(asrs)} clips but {len(sample_seeds)} sample seeds")
             processors.append(SeededSampling(sample_seeds, temperature=temperature, top_p=top_p))
-        was_training = self.training
-        self.eval()  # no dropout, whatever the caller's mode
-        try:
+        with eval_mode(self):  # no dropout, whatever the caller's mode
             device = next(self.language_model.parameters()).device
             batch = self.build_batch(asrs, padding_side="left", tags=tags)
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -356,5 +355,3 @@ class VideoLLM(nn.Module):
                         logits_processor=processors,
                     )
             return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
-        finally:
-            self.train(was_training)
