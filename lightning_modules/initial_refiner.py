@@ -24,7 +24,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from lightning_modules.components.caption_merger import MERGE_INSTRUCTION, MERGE_SYSTEM, CaptionMerger, clean_caption
+from lightning_modules.components.caption_merger import MERGE_INSTRUCTION, MERGE_SYSTEM, CaptionMerger
 from lightning_modules.components.frame_captioner import FRAME_CAPTIONER_KINDS, build_frame_captioner
 from lightning_modules.components.grounded_choice import first_grounded
 from lightning_modules.components.seeded_sampling import clip_seed
@@ -150,12 +150,11 @@ class InitialRefinerModule(L.LightningModule):
         hp = self.hparams
         if not hp.merge_samples:
             return self.merger.merge(frames, batch["asr"]), frames
-        n = len(frames)
-        prompts = [self.merger.prompt(f, a) for f, a in zip(frames, batch["asr"])]
+        n, copies = len(frames), hp.merge_samples + 1
         seeds = [None] * n + [clip_seed(c, hp.sample_seed + j) for j in range(hp.merge_samples) for c in batch["clip_id"]]
-        raw = self.merger.generate_raw(prompts * (hp.merge_samples + 1), sample_seeds=seeds,
-                                       temperature=hp.temperature, top_p=hp.top_p)
-        texts = [clean_caption(t) for t in raw]  # the greedy merges, then one block of samples per draw
+        # one generation: the greedy merges, then one block of samples per draw
+        texts = self.merger.merge(frames * copies, batch["asr"] * copies, sample_seeds=seeds,
+                                  temperature=hp.temperature, top_p=hp.top_p)
         captions = [
             first_grounded(texts[i], texts[n + i :: n], world_tags(" ".join([*frames[i], batch["asr"][i]])))
             for i in range(n)

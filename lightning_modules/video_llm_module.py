@@ -332,10 +332,14 @@ class VideoLLMModule(L.LightningModule):
         hp = self.hparams
         samples = hp.get("caption_samples", 0) if samples is None else samples
         extra = {"no_repeat_ngram_size": hp.no_repeat_ngram_size} if hp.get("no_repeat_ngram_size") else {}
+
+        def sampling(offset: int) -> dict[str, Any]:  # draws seeded per clip (sample_seed + offset)
+            seed = hp.get("sample_seed", 0) + offset
+            return {"sample_seeds": [clip_seed(c, seed) for c in batch["clip_id"]],
+                    "temperature": hp.get("temperature", 1.0), "top_p": hp.get("top_p", 0.9)}
+
         if hp.get("sample_captions", False):
-            seed = hp.get("sample_seed", 0)
-            extra.update(sample_seeds=[clip_seed(c, seed) for c in batch["clip_id"]],
-                         temperature=hp.get("temperature", 1.0), top_p=hp.get("top_p", 0.9))
+            extra.update(sampling(0))
         recognised = None
         if self._tag_prompt:
             extra["video_tokens"], recognised = self.recognised_tags(batch["video"])
@@ -345,14 +349,10 @@ class VideoLLMModule(L.LightningModule):
         )
         if not samples or recognised is None:
             return greedy
-        seed = hp.get("sample_seed", 0)
-        drawn = [
-            self.net.generate(batch["video"], batch["asr"], max_new_tokens=hp.max_new_tokens,
-                              sample_seeds=[clip_seed(c, seed + 1 + j) for c in batch["clip_id"]],
-                              temperature=hp.get("temperature", 1.0), top_p=hp.get("top_p", 0.9), **extra)
-            for j in range(samples)
-        ]
-        return [first_grounded(g, [d[i] for d in drawn], recognised[i]) for i, g in enumerate(greedy)]
+        drawn = [self.net.generate(batch["video"], batch["asr"], max_new_tokens=hp.max_new_tokens, **sampling(1 + j), **extra)
+                 for j in range(samples)]
+        return [first_grounded(g, [d[i] for d in drawn], recognised[i], parse=self.tag_head.parse)
+                for i, g in enumerate(greedy)]
 
     @torch.no_grad()
     def recognised_tags(self, video: torch.Tensor) -> tuple[torch.Tensor, list[set[str]]]:

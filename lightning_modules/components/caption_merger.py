@@ -365,9 +365,13 @@ class CaptionMerger(nn.Module):
 
     # ---- generation -------------------------------------------------------------------------
     @torch.no_grad()
-    def merge(self, frame_captions: Sequence[Sequence[str]], asrs: Sequence[str]) -> list[str]:
-        """One cleaned caption per clip (batched, greedy, KV cache, shared prompt head)."""
-        raw = self.generate_raw([self.prompt(f, a) for f, a in zip(frame_captions, asrs)])
+    def merge(self, frame_captions: Sequence[Sequence[str]], asrs: Sequence[str],
+              sample_seeds: Sequence[int | None] | None = None, temperature: float = 1.0,
+              top_p: float = 1.0) -> list[str]:
+        """One cleaned caption per clip (batched, KV cache, shared prompt head); greedy, or sampled
+        as ``generate_raw`` says."""
+        raw = self.generate_raw([self.prompt(f, a) for f, a in zip(frame_captions, asrs)],
+                                sample_seeds=sample_seeds, temperature=temperature, top_p=top_p)
         return [clean_caption(t) for t in raw]
 
     @torch.no_grad()

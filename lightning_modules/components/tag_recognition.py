@@ -51,7 +51,8 @@ PHRASE_ORDER = ("size", "color", "shape", "motion", "scene")
 def tag_text(tags: set[str] | Sequence[str], vocabulary: Sequence[str] = WORLD_TAGS) -> str:
     """The words a prompt shows for ``tags``: their values, attribute by attribute in ``PHRASE_ORDER``
     (others last), then in vocabulary order."""
-    chosen = [t for t in vocabulary if t in set(tags)]
+    wanted = set(tags)
+    chosen = [t for t in vocabulary if t in wanted]
 
     def rank(tag: str) -> int:
         attribute = tag.split(":", 1)[0]
