@@ -7,7 +7,10 @@
 Each segment is one clip. Videos live in ``<pool>/videos/<video_id>.mp4``. The file is streamed
 video by video (``json_object_stream``), never loaded whole. A segment with an empty or
 undecodable (non-UTF-8) transcript is skipped, counted and logged, not fatal; a structurally
-broken entry is an error that names the file and the video id.
+broken entry is an error that names the file and the video id. A video id the file repeats (JSON
+allows duplicate keys) keeps its first entry: a later one is counted in ``duplicate_videos`` and
+logged, since two entries would give a round two records for one clip id. The ids seen so far are
+the only thing held in memory.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class AsrPoolReader:
         self.pool_dir = self.asr_path.parent
         self.video_ext = video_ext
         self.skipped = 0
+        self.duplicate_videos = 0
         if not self.asr_path.is_file():
             raise FileNotFoundError(f"{self.asr_path}: ASR file not found")
 
@@ -54,7 +58,13 @@ class AsrPoolReader:
         return self.pool_dir
 
     def __iter__(self) -> Iterator[AnnotationRecord]:
+        seen: set[str] = set()
         for video_id, entry in iter_json_object(self.asr_path):
+            if video_id in seen:
+                self.duplicate_videos += 1
+                log.warning("%s: video %r skipped: a repeated key (its first entry is kept)", self.asr_path, video_id)
+                continue
+            seen.add(video_id)
             if not isinstance(entry, dict) or not all(isinstance(entry.get(k), list) for k in ("start", "end", "text")):
                 raise AnnotationFormatError(f"{self.asr_path}: video {video_id!r} needs lists 'start', 'end' and 'text'")
             starts, ends, texts = entry["start"], entry["end"], entry["text"]

@@ -17,12 +17,14 @@ without it is a whole video: ``[0, WHOLE_VIDEO_END]``, clamped to the duration w
 
 A pool is named by a folder of ``*.tar`` shards, one ``.tar`` file, or a brace pattern such as
 ``pool/{00000..00009}.tar``. Iteration streams shard by shard, reading only headers and the
-small json/txt members (video data is skipped by seeking): memory does not grow with the pool.
+small json/txt members (video data is skipped by seeking): memory grows with the pool only by the
+clip ids read so far, kept so that a clip id met again (a key in two shards or twice in one, a
+repeated ``clip_id`` column) is skipped rather than written twice to a round; the first is kept.
 Samples that cannot become a record (no video, a failed download, unreadable or oversized
-json/txt, an empty transcript, an unsafe member name) are counted in ``skipped`` and, by reason,
-in ``skip_reasons``, which also counts shards that cannot be opened or end early (truncated or
-corrupt: their remaining samples are lost). Each is logged with shard and member, never raised:
-one bad shard costs its bad samples, not the epoch.
+json/txt, an empty transcript, an unsafe member name, a duplicate clip id) are counted in
+``skipped`` and, by reason, in ``skip_reasons``, which also counts shards that cannot be opened or
+end early (truncated or corrupt: their remaining samples are lost). Each is logged with shard and
+member, never raised: one bad shard costs its bad samples, not the epoch.
 """
 
 from __future__ import annotations
@@ -124,8 +126,15 @@ class WebDatasetPoolReader:
         return self.root
 
     def __iter__(self) -> Iterator[AnnotationRecord]:
+        seen: set[str] = set()
         for shard in self.shards:
-            yield from self.shard_records(shard)
+            for record in self.shard_records(shard):
+                if record["clip_id"] in seen:
+                    self._skip(shard, record["video_path"],
+                               f"clip id {record['clip_id']!r} read before (the first is kept)", "duplicate")
+                    continue
+                seen.add(record["clip_id"])
+                yield record
 
     def shard_records(self, shard: Path) -> Iterator[AnnotationRecord]:
         rel = shard.relative_to(self.root).as_posix()

@@ -151,6 +151,20 @@ def test_asr_pool_reader_skips_empty_and_non_utf8_transcripts(tmp_path):
     assert source.video_root == pool
 
 
+def test_asr_pool_reader_keeps_the_first_entry_of_a_repeated_video(tmp_path, caplog):
+    path = tmp_path / "asr.json"  # JSON allows a key twice; a second entry would repeat vidA's clip ids
+    path.write_text('{"vidA": {"start": [0], "end": [2], "text": ["first"]},\n'
+                    ' "vidB": {"start": [0], "end": [1], "text": ["other"]},\n'
+                    ' "vidA": {"start": [5, 7], "end": [7], "text": ["again", "not even well formed"]}}')
+    source = open_source(path)
+    with caplog.at_level("WARNING"):
+        records = list(source)
+    assert [(r["clip_id"], r["asr"]) for r in records] == [("vidA_000", "first"), ("vidB_000", "other")]
+    assert source.duplicate_videos == 1 and source.skipped == 0
+    assert "asr.json: video 'vidA' skipped" in caplog.text
+    assert [r["clip_id"] for r in source] == ["vidA_000", "vidB_000"]  # a second pass sees it afresh
+
+
 def test_asr_pool_with_mismatched_lists_names_the_video(tmp_path):
     path = tmp_path / "asr.json"
     path.write_text(json.dumps({"vidB": {"start": [0, 1], "end": [1], "text": ["a", "b"]}}))
