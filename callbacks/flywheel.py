@@ -46,7 +46,6 @@ from datamodules.annotation_store import (
     ShardWriter,
     atomic_write_json,
     round_dir,
-    tail_clip_ids,
     write_manifest,
 )
 from datamodules.caption_checks import caption_failure
@@ -138,7 +137,8 @@ class FlywheelCallback(L.Callback):
         bar = tqdm(desc=f"re-annotating round {index:03d} (rank {rank})", unit="clip",
                    disable=not (self.progress and trainer.is_global_zero))
         try:
-            writer = ShardWriter(path, part=rank, track_ids=False)
+            # one read of a .partial shard gives its count and the ids of a batch the kill cut short
+            writer = ShardWriter(path, part=rank, track_ids=False, keep_tail=dm.opts.batch_size)
             stats = _load_stats(stats_path)
             start_batch, tail = _resume_point(writer, stats, trainer.world_size, dm.opts.batch_size, path)
             stats.update(world_size=trainer.world_size, batch_size=dm.opts.batch_size)
@@ -282,7 +282,7 @@ def _resume_point(writer: ShardWriter, stats: dict[str, Any], world_size: int, b
             "to write the round again"
         )
     start, cut = divmod(writer.count, batch_size)
-    return start, set(tail_clip_ids(writer.partial, cut))
+    return start, set(writer.tail_ids[len(writer.tail_ids) - cut:])
 
 
 def _check_resume(tail: set[str], batch: dict[str, Any], writer: ShardWriter, start_batch: int) -> None:

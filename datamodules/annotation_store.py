@@ -195,9 +195,13 @@ class ShardWriter:
     final name); leaving it by an exception keeps the ``.partial`` file for the next attempt.
     """
 
-    def __init__(self, round_path: str | os.PathLike, part: int, sync_every: int = 64, track_ids: bool = True) -> None:
+    def __init__(self, round_path: str | os.PathLike, part: int, sync_every: int = 64, track_ids: bool = True,
+                 keep_tail: int = 0) -> None:
         """``track_ids``: keep the set of stored clip ids so that ``write`` refuses a clip already
-        stored; a caller that never repeats a clip (it resumes by ``count``) saves that memory."""
+        stored; a caller that never repeats a clip (it resumes by ``count``) saves that memory.
+        ``keep_tail``: keep the clip ids of the last ``keep_tail`` records of a ``.partial`` shard in
+        ``tail_ids``, read in the same pass that recovers it (what a resume by ``count`` needs to
+        finish a batch the kill cut short)."""
         self.path = shard_path(round_path, part)
         self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
         self.sync_every = sync_every
@@ -205,10 +209,11 @@ class ShardWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             self.done_ids, self.count = _stored(self.path, track_ids)
+            self.tail_ids: list[str] = []
             self.finished = True
             self._file = None
         else:
-            self.done_ids, self.count = _recover_partial(self.partial, track_ids)
+            self.done_ids, self.count, self.tail_ids = _recover_partial(self.partial, track_ids, keep_tail)
             self.finished = False
             self._file = open(self.partial, "ab")
 
@@ -290,20 +295,14 @@ def _stored(path: Path, track_ids: bool) -> tuple[set[str] | None, int]:
     return done, count
 
 
-def tail_clip_ids(path: str | os.PathLike, n: int) -> list[str]:
-    """The clip ids of the last ``n`` records of a shard file (one pass, ``n`` ids held)."""
-    tail: deque[str] = deque(maxlen=n)
-    if n > 0:
-        tail.extend(r["clip_id"] for r in JsonlRecordReader([Path(path)]))
-    return list(tail)
-
-
-def _recover_partial(partial: Path, track_ids: bool = True) -> tuple[set[str] | None, int]:
+def _recover_partial(partial: Path, track_ids: bool = True,
+                     keep_tail: int = 0) -> tuple[set[str] | None, int, list[str]]:
     """Keep the complete lines of an interrupted shard, cut a torn tail; return their clip ids
-    (None without ``track_ids``) and their count."""
+    (None without ``track_ids``), their count and the clip ids of the last ``keep_tail`` of them."""
     done: set[str] | None = set() if track_ids else None
+    tail: deque[str] = deque(maxlen=keep_tail)
     if not partial.exists():
-        return done, 0
+        return done, 0, []
     count = 0
     good_bytes = 0
     with open(partial, "rb") as f:
@@ -316,13 +315,15 @@ def _recover_partial(partial: Path, track_ids: bool = True) -> tuple[set[str] | 
                 break
             if done is not None:
                 done.add(record["clip_id"])
+            if keep_tail:
+                tail.append(record["clip_id"])
             count += 1
             good_bytes += len(raw)
     if good_bytes < partial.stat().st_size:
         log.warning("%s: cut %d bytes of a torn tail", partial, partial.stat().st_size - good_bytes)
         with open(partial, "r+b") as f:
             f.truncate(good_bytes)
-    return done, count
+    return done, count, list(tail)
 
 
 def write_manifest(round_path: str | os.PathLike, round_index: int, **extra: Any) -> dict[str, Any]:

@@ -36,3 +36,22 @@ def wds_world(tmp_path_factory):
         pool_format="webdataset", videos_per_shard=3,
     )
     return out
+
+
+@pytest.fixture
+def count_reads(monkeypatch):
+    """``count_reads(path)``: the list of modes in which ``path`` is opened for reading from then on."""
+    real_open = open
+
+    def watch(path) -> list[str]:
+        reads: list[str] = []
+
+        def counting_open(file, mode="r", *args, **kwargs):
+            if str(file) == str(path) and "r" in mode:
+                reads.append(mode)
+            return real_open(file, mode, *args, **kwargs)
+
+        monkeypatch.setattr("builtins.open", counting_open)
+        return reads
+
+    return watch

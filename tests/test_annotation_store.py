@@ -66,6 +66,22 @@ def test_interrupted_writer_resumes_without_loss_or_duplicates(tmp_path):
     assert len(ids) == len(set(ids))
 
 
+def test_a_reopened_partial_shard_gives_its_last_clip_ids_from_the_same_read(tmp_path, count_reads):
+    rdir = round_dir(tmp_path, 1)
+    w = ShardWriter(rdir, 0, sync_every=1)
+    for i in range(6):
+        w.write(record(i))
+    w.close()
+    with open(w.partial, "ab") as f:
+        f.write(b'{"clip_id": "torn')  # cut off, not a record
+    reads = count_reads(w.partial)
+    again = ShardWriter(rdir, 0, track_ids=False, keep_tail=4)
+    assert again.count == 6 and again.tail_ids == [record(i)["clip_id"] for i in range(2, 6)]
+    assert reads == ["rb", "r+b"]  # one read, then the torn tail is cut
+    again.close()
+    assert ShardWriter(rdir, 0).tail_ids == []  # not asked for
+
+
 def test_finished_shard_is_not_rewritten(tmp_path):
     rdir = round_dir(tmp_path, 0)
     with ShardWriter(rdir, 0) as w:

@@ -151,7 +151,7 @@ def test_caption_index_answers_by_clip_id_and_follows_its_round(tiny_world, tmp_
         assert lookup.lookup(["extra"]) == {"extra": "new"}
 
 
-def test_resumed_reannotation_skips_what_a_cut_batch_had_written(tiny_world, tmp_path):
+def test_resumed_reannotation_skips_what_a_cut_batch_had_written(tiny_world, tmp_path, count_reads):
     run = tmp_path / "run"
     make_round0(tiny_world, run)
     pool = list(open_source(tiny_world / "pool"))
@@ -159,7 +159,9 @@ def test_resumed_reannotation_skips_what_a_cut_batch_had_written(tiny_world, tmp
     for record in pool[:6]:
         writer.write({**record, "round": 1, "source": "before the kill"})
     writer.close()
+    reads = count_reads(writer.partial)
     cli_main(flywheel_args(tiny_world, run, "--data.init_args.rounds", "1"))
+    assert reads == ["rb"]  # the resume reads the .partial shard once: its count and its cut batch's clips
     records = list(RoundReader(round_dir(run, 1)))
     assert [r["clip_id"] for r in records] == [r["clip_id"] for r in pool]  # in order, each once
     assert [r["source"] for r in records[:6]] == ["before the kill"] * 6
