@@ -17,9 +17,12 @@ without it is a whole video: ``[0, WHOLE_VIDEO_END]``, clamped to the duration w
 
 A pool is named by a folder of ``*.tar`` shards, one ``.tar`` file, or a brace pattern such as
 ``pool/{00000..00009}.tar``. Iteration streams shard by shard, reading only headers and the
-small json/txt members (video data is skipped by seeking): memory grows with the pool only by the
-clip ids read so far, kept so that a clip id met again (a key in two shards or twice in one, a
-repeated ``clip_id`` column) is skipped rather than written twice to a round; the first is kept.
+small json/txt members (video data is skipped by seeking): memory does not grow with the pool.
+A clip id met again within one shard (a key written twice, a repeated ``clip_id`` column) is
+skipped, the first kept. Ids are not remembered across shards, which would cost memory in
+proportion to the pool (about 100 bytes per clip); video2dataset's keys are unique across shards,
+so a repeat there means two pools were concatenated, and each rank's round writer still refuses a
+clip id it holds (``duplicates_skipped`` in the manifest).
 Samples that cannot become a record (no video, a failed download, unreadable or oversized
 json/txt, an empty transcript, an unsafe member name, a duplicate clip id) are counted in
 ``skipped`` and, by reason, in ``skip_reasons``, which also counts shards that cannot be opened or
@@ -126,12 +129,12 @@ class WebDatasetPoolReader:
         return self.root
 
     def __iter__(self) -> Iterator[AnnotationRecord]:
-        seen: set[str] = set()
         for shard in self.shards:
+            seen: set[str] = set()  # per shard: memory bounded by the shard size
             for record in self.shard_records(shard):
                 if record["clip_id"] in seen:
                     self._skip(shard, record["video_path"],
-                               f"clip id {record['clip_id']!r} read before (the first is kept)", "duplicate")
+                               f"clip id {record['clip_id']!r} read before in this shard (the first is kept)", "duplicate")
                     continue
                 seen.add(record["clip_id"])
                 yield record
