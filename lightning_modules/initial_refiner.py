@@ -26,7 +26,7 @@ import torch
 
 from lightning_modules.components.caption_merger import MERGE_INSTRUCTION, MERGE_SYSTEM, CaptionMerger
 from lightning_modules.components.frame_captioner import FRAME_CAPTIONER_KINDS, build_frame_captioner
-from lightning_modules.components.grounded_choice import first_grounded
+from lightning_modules.components.grounded_choice import farthest_grounded
 from lightning_modules.components.seeded_sampling import clip_seed
 from lightning_modules.components.tag_recognition import world_tags
 
@@ -93,10 +93,11 @@ class InitialRefinerModule(L.LightningModule):
             prefix_cache: compute the prompt head shared by all clips once per batch (same output, faster).
             merge_samples: besides the greedy merge, sample this many merges per clip (at
                 ``temperature`` from the nucleus ``top_p``, seeded by ``sample_seed`` and the clip id)
-                and keep the first grounded one (``components.grounded_choice``: it names only tags
-                the frame captions or the transcript name, and no fewer kinds of them than the
-                greedy merge); 0 = greedy only. Greedy merges fall into a few templates; this keeps
-                the wording diverse. One generation runs the greedy and sampled rows together.
+                and keep the grounded one farthest from the greedy merge (``components.grounded_choice``:
+                it names only tags the frame captions or the transcript name, and no fewer kinds of
+                them than the greedy merge); 0 = greedy only. Greedy merges fall into a few
+                templates; this keeps the wording diverse. One generation runs the greedy and sampled
+                rows together, each clip's prompt computed once for all its rows.
         """
         super().__init__()
         if ilm_kind not in FRAME_CAPTIONER_KINDS:
@@ -156,7 +157,7 @@ class InitialRefinerModule(L.LightningModule):
         texts = self.merger.merge(frames * copies, batch["asr"] * copies, sample_seeds=seeds,
                                   temperature=hp.temperature, top_p=hp.top_p)
         captions = [
-            first_grounded(texts[i], texts[n + i :: n], world_tags(" ".join([*frames[i], batch["asr"][i]])))
+            farthest_grounded(texts[i], texts[n + i :: n], world_tags(" ".join([*frames[i], batch["asr"][i]])))
             for i in range(n)
         ]
         return captions, frames

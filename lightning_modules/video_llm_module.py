@@ -26,7 +26,7 @@ from lightning_modules.components.adatailr import tailr_loss_with_stats
 from lightning_modules.components.eval_mode import eval_mode
 from lightning_modules.components.frame_captioner import TinyVideoLLMCaptioner
 from lightning_modules.components.gamma_schedules import AdaptiveGamma, GammaSchedule
-from lightning_modules.components.grounded_choice import first_grounded
+from lightning_modules.components.grounded_choice import farthest_grounded
 from lightning_modules.components.presets import PRESETS, build_video_llm, network_arguments
 from lightning_modules.components.seeded_sampling import clip_seed
 from lightning_modules.components.sharding import data_parallel_mesh, shard_model
@@ -142,9 +142,10 @@ class VideoLLMModule(L.LightningModule):
                 rank or the number of workers.
             caption_samples: with ``tag_prompt``: besides the greedy caption, sample this many per
                 clip (as ``sample_captions`` does, seeds ``sample_seed`` + 1, + 2, …) and keep the
-                first grounded in the recognised tags (``components.grounded_choice``: it names only
-                tags the head recognises, and no fewer kinds of them than the greedy caption); where
-                none is, the greedy caption stays. 0 = off.
+                sample grounded in the recognised tags that is farthest from the greedy caption
+                (``components.grounded_choice``: it names only tags the head recognises, and no
+                fewer kinds of them than the greedy caption); where none is, the greedy caption
+                stays. 0 = off.
             val_generate_batches: validation batches captioned by generation for the agreement metric.
             fsdp_mixed_precision: with a sharded strategy (``ModelParallelStrategy``): compute in bf16,
                 reduce gradients and keep the sharded master weights in fp32 (``components.sharding``).
@@ -351,7 +352,7 @@ class VideoLLMModule(L.LightningModule):
             return greedy
         drawn = [self.net.generate(batch["video"], batch["asr"], max_new_tokens=hp.max_new_tokens, **sampling(1 + j), **extra)
                  for j in range(samples)]
-        return [first_grounded(g, [d[i] for d in drawn], recognised[i], parse=self.tag_head.parse)
+        return [farthest_grounded(g, [d[i] for d in drawn], recognised[i], parse=self.tag_head.parse)
                 for i, g in enumerate(greedy)]
 
     @torch.no_grad()

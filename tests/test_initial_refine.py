@@ -36,7 +36,7 @@ from lightning_modules.components.frame_captioner import (
     TinyVideoLLMCaptioner,
     build_frame_captioner,
 )
-from lightning_modules.components.grounded_choice import first_grounded
+from lightning_modules.components.grounded_choice import farthest_grounded
 from lightning_modules.components.language_model import tiny_llama
 from lightning_modules.components.seeded_sampling import clip_seed
 from lightning_modules.components.tag_recognition import world_tags
@@ -208,6 +208,29 @@ def test_batched_generation_matches_one_at_a_time(tiny_lm_dir):
     assert batched == single
     merger.prefix_cache = False
     assert merger.generate_raw(prompts) == batched  # the shared prefix cache changes nothing
+
+
+def test_repeated_prompts_are_computed_once_and_give_what_each_gives_alone(tiny_lm_dir):
+    lm, tok, _ = load_merge_lm(tiny_lm_dir)
+    merger = CaptionMerger(lm, tok, instruction="caption", max_new_tokens=6)
+    frames = [["a red star."], ["a big blue ring in the snow.", "a blue ring."], ["a circle."]]
+    asrs = ["hello", "it moves left in the kitchen right now", "up"]
+    prompts = [merger.prompt(f, a) for f, a in zip(frames, asrs)]
+    rows_seen = []
+    forward = lm.forward
+    lm.forward = lambda *a, **kw: rows_seen.append(kw["input_ids"].shape) or forward(*a, **kw)
+    for prefix_cache in (True, False):
+        merger.prefix_cache = prefix_cache
+        alone = merger.generate_raw(prompts)
+        rows_seen.clear()
+        assert merger.generate_raw(prompts * 3) == alone * 3
+        # the prompts' tokens up to the last go through the LM once per distinct prompt (3 rows,
+        # after a 1-row shared head), then each of the 9 rows feeds one token per step
+        prompt_rows = [shape[0] for shape in rows_seen if shape[1] > 1]
+        assert prompt_rows == ([1, 3] if prefix_cache else [3]), rows_seen
+        assert all(shape == (9, 1) for shape in rows_seen if shape[1] == 1)
+        seeds = [None] * 3 + [11, 12, 13]  # the greedy rows beside sampled copies of their prompts
+        assert merger.generate_raw(prompts * 2, sample_seeds=seeds, top_p=0.9)[:3] == alone
 
 
 def test_no_repeat_in_caption_bans_only_self_repeats():
@@ -460,7 +483,7 @@ def test_two_process_round_resumes_with_one_shard_per_rank_and_every_clip_once(t
     assert not list(round_dir(run, 0).glob(".stored_clips*"))  # the snapshot served this pass only
 
 
-def test_merge_samples_keep_the_first_merge_grounded_in_the_frames_and_transcript(ilm_run, tiny_lm_dir):
+def test_merge_samples_keep_the_farthest_merge_grounded_in_the_frames_and_transcript(ilm_run, tiny_lm_dir):
     ckpt = str(ilm_run / "ilm" / "checkpoints" / "last.ckpt")
     with pytest.raises(ValueError, match="model.merge_samples must be >= 0"):
         InitialRefinerModule(ilm_path=ckpt, merge_samples=-1)
@@ -477,7 +500,7 @@ def test_merge_samples_keep_the_first_merge_grounded_in_the_frames_and_transcrip
     greedy = [clean_caption(t) for t in merger.generate_raw(prompts)]
     samples = [[clean_caption(t) for t in merger.generate_raw(prompts, sample_seeds=[clip_seed(c, 7 + j) for c in "abc"],
                                                              temperature=1.5, top_p=0.95)] for j in range(3)]
-    expected = [first_grounded(g, [s[i] for s in samples], world_tags(" ".join([*frames[i], asrs[i]])))
+    expected = [farthest_grounded(g, [s[i] for s in samples], world_tags(" ".join([*frames[i], asrs[i]])))
                 for i, g in enumerate(greedy)]
     assert captions == expected and captions != greedy  # one generation of greedy and sampled rows, then the choice
     assert module.describe()["merge_samples"] == 3

@@ -39,6 +39,17 @@ def test_top_p_keeps_to_the_nucleus_and_ruled_out_tokens_stay_out():
     assert 0 not in set(draws(scores, 500).tolist())
 
 
+def test_a_nucleus_wider_than_the_sorted_candidates_is_still_exact():
+    # 1,000 equally likely tokens: the nucleus of 0.9 holds 900, beyond the top tokens sorted first
+    scores = torch.zeros(1, 1000)
+    kept = torch.isfinite(SeededSampling([1], top_p=0.9)(torch.zeros(1, 3, dtype=torch.long), scores))
+    assert int(kept.sum()) == 900
+    peaked = torch.full((1, 1000), -30.0)
+    peaked[0, :3] = torch.log(torch.tensor([0.6, 0.3, 0.1]))
+    kept = torch.isfinite(SeededSampling([1], top_p=0.8)(torch.zeros(1, 3, dtype=torch.long), peaked))
+    assert kept.nonzero()[:, 1].tolist() == [0, 1]
+
+
 def test_same_seed_same_draw_other_seed_other_draws():
     scores = torch.zeros(1, 50)
     ids = torch.zeros(1, 4, dtype=torch.long)

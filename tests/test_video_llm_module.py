@@ -10,7 +10,7 @@ import lightning as L
 from callbacks.gamma_monitor import GammaMonitor
 from datamodules.clip_datamodule import ClipCaptionDataModule
 from lightning_modules.components.gamma_schedules import AdaptiveGamma, ConstantGamma
-from lightning_modules.components.grounded_choice import first_grounded
+from lightning_modules.components.grounded_choice import farthest_grounded
 from lightning_modules.components.seeded_sampling import clip_seed
 from lightning_modules.components.tag_recognition import tag_text, world_tags
 from lightning_modules.video_llm_module import VideoLLMModule, attribute_agreement
@@ -260,7 +260,7 @@ def test_caption_samples_keep_the_first_sample_grounded_in_the_recognised_tags(t
                                    sample_seeds=[clip_seed(c, 1 + j) for c in batch["clip_id"]], temperature=1.5,
                                    top_p=0.9) for j in range(3)]
     assert captions != greedy  # a sample replaced a greedy caption
-    assert captions == [first_grounded(g, [s[i] for s in samples], recognised[i]) for i, g in enumerate(greedy)]
+    assert captions == [farthest_grounded(g, [s[i] for s in samples], recognised[i]) for i, g in enumerate(greedy)]
     # each clip's draws are its own: alone it gets the caption it got in the batch
     alone = module.caption({k: v[1:2] for k, v in batch.items()})
     assert alone == captions[1:2]

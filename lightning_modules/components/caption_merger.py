@@ -390,19 +390,20 @@ class CaptionMerger(nn.Module):
             pad = self.tokenizer.pad_token_id
             width = max(len(r) for r in rest)
             kwargs: dict[str, Any] = {}
-            if self.prefix_cache and head:
+            shared_head = len(head) if self.prefix_cache else 0
+            if shared_head:
                 # [head][pads][rest]: the head's cache is computed once and repeated per row; the
                 # positions come from the attention mask, so the pads in between change nothing.
-                out = self.language_model(input_ids=torch.tensor([head], device=device), use_cache=True)
-                cache = getattr(out, "cache", None) or out.past_key_values
-                cache.batch_repeat_interleave(len(rest))
-                kwargs["cache"] = cache
                 rows = [head + [pad] * (width - len(r)) + r for r in rest]
                 masks = [[1] * len(head) + [0] * (width - len(r)) + [1] * len(r) for r in rest]
             else:
                 rows = [[pad] * (width - len(r)) + head + r for r in rest]
                 masks = [[0] * (width - len(r)) + [1] * (len(head) + len(r)) for r in rest]
             input_ids = torch.tensor(rows, device=device)
+            attention_mask = torch.tensor(masks, device=device)
+            cache = self._prefill(prompts, input_ids, attention_mask, shared_head)
+            if cache is not None:
+                kwargs["cache"] = cache
             processors = LogitsProcessorList()
             if self.no_repeat_ngram > 0:
                 processors.append(NoRepeatInCaption(self.no_repeat_ngram, input_ids.shape[1]))
@@ -415,11 +416,41 @@ class CaptionMerger(nn.Module):
             if self.stop_at_sentence_end:
                 kwargs["stopping_criteria"] = StoppingCriteriaList([StopAtSentenceEnd(self.tokenizer, input_ids.shape[1])])
             out = self.language_model.generate(
-                input_ids=input_ids, attention_mask=torch.tensor(masks, device=device),
+                input_ids=input_ids, attention_mask=attention_mask,
                 max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
                 pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id, **kwargs,
             )
             return self.tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
+
+    def _prefill(self, prompts: list[str], input_ids: Tensor, attention_mask: Tensor, shared_head: int) -> Any:
+        """The KV cache ``generate`` starts from: the first ``shared_head`` tokens computed once for
+        all rows and, where prompts repeat (a sampled merge repeats each clip's prompt once per
+        draw, and the prompt is most of the cost), each distinct prompt's tokens up to its last
+        computed once and copied to its rows; None when nothing is shared."""
+        first_row: dict[str, int] = {}  # each distinct prompt's first row, in order of appearance
+        for row, prompt in enumerate(prompts):
+            first_row.setdefault(prompt, row)
+        distinct = {prompt: k for k, prompt in enumerate(first_row)}
+        repeated = len(distinct) < len(prompts)
+        if not shared_head and not repeated:
+            return None
+        cache = None
+        if shared_head:
+            out = self.language_model(input_ids=input_ids[:1, :shared_head], use_cache=True, logits_to_keep=1)
+            cache = getattr(out, "cache", None) or out.past_key_values
+            cache.batch_repeat_interleave(len(distinct) if repeated else len(prompts))
+        if not repeated:
+            return cache
+        first_rows = torch.tensor(list(first_row.values()), device=input_ids.device)
+        ids, mask = input_ids[first_rows], attention_mask[first_rows]
+        if ids.shape[1] - 1 > shared_head:
+            positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as ``generate`` makes them
+            out = self.language_model(input_ids=ids[:, shared_head:-1], attention_mask=mask[:, :-1],
+                                      position_ids=positions[:, shared_head:-1], cache=cache, use_cache=True,
+                                      logits_to_keep=1)
+            cache = getattr(out, "cache", None) or out.past_key_values
+        cache.batch_select_indices(torch.tensor([distinct[p] for p in prompts], device=input_ids.device))
+        return cache
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write the LM, its tokenizer and the prompt settings as a local HF folder."""

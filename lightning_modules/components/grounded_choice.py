@@ -3,38 +3,54 @@ a filter against the noisy ones), with the filter made of the tags a caption nam
 
 Greedy decoding returns the mode of a captioner's paraphrases, so a pool captioned greedily falls
 into a few templates, and a flywheel that trains on its own greedy captions narrows further each
-round. Samples vary the wording, but also the content. ``first_grounded`` keeps a sample only if
+round. Samples vary the wording, but also the content. ``farthest_grounded`` keeps a sample only if
 
 - it names only tags that ``allowed`` holds: what its inputs name (round 0: the frame captions and
   the transcript) or what the video encoder recognises (rounds ≥ 1, the tag-guided prompt); and
 - it leaves out no kind of attribute that the greedy caption names from ``allowed`` (a sample
   that drops the scene says less than the greedy caption).
 
-The first sample that passes replaces the greedy caption; where none does, the greedy one stays.
+Of the samples that pass, the one farthest from the greedy caption replaces it: the one sharing
+the smallest fraction of its word bigrams with it (the earliest on a tie). The greedy caption is
+the mode, so the farthest grounded sample carries the most of the paraphrase variety; on the
+demo's round-1 VideoLLM (3 samples) it gave distinct-2 0.129 against 0.124 for the first grounded
+sample, at no cost in accuracy (README). Where no sample passes, the greedy caption stays.
 Tags are ``attribute:value`` strings from ``parse`` (the synthetic world's lexicon by default;
 real data needs its own parser, as the tag head does).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 
 from lightning_modules.components.tag_recognition import world_tags
 
-__all__ = ["first_grounded"]
+__all__ = ["farthest_grounded"]
 
 
 def _kinds(tags: Iterable[str]) -> set[str]:
     return {t.split(":", 1)[0] for t in tags}
 
 
-def first_grounded(greedy: str, samples: Sequence[str], allowed: Iterable[str],
-                   parse: Callable[[str], set[str]] = world_tags) -> str:
-    """The first of ``samples`` grounded in ``allowed`` (see the module docstring), else ``greedy``."""
+def _bigrams(text: str) -> set[tuple[str, str]]:
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return set(zip(words, words[1:]))
+
+
+def _shared_with(reference: set[tuple[str, str]], text: str) -> float:
+    bigrams = _bigrams(text)
+    return len(bigrams & reference) / max(1, len(bigrams))
+
+
+def farthest_grounded(greedy: str, samples: Sequence[str], allowed: Iterable[str],
+                      parse: Callable[[str], set[str]] = world_tags) -> str:
+    """The sample grounded in ``allowed`` that is farthest from ``greedy`` (see the module
+    docstring), else ``greedy``."""
     allowed = set(allowed)
     needed = _kinds(parse(greedy) & allowed)
-    for sample in samples:
-        named = parse(sample)
-        if sample.strip() and named <= allowed and _kinds(named) >= needed:
-            return sample
-    return greedy
+    grounded = [s for s in samples if s.strip() and parse(s) <= allowed and _kinds(parse(s)) >= needed]
+    if not grounded:
+        return greedy
+    reference = _bigrams(greedy)
+    return min(grounded, key=lambda s: _shared_with(reference, s))  # min keeps the earliest of equals

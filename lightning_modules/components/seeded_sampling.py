@@ -26,6 +26,8 @@ from transformers import LogitsProcessor
 
 __all__ = ["clip_seed", "SeededSampling"]
 
+NUCLEUS_CANDIDATES = 256  # tokens sorted per step to find a nucleus (more only where it must)
+
 
 def clip_seed(clip_id: str, seed: int) -> int:
     """A stable 63-bit seed for one clip under a run seed (independent of Python's hash salt)."""
@@ -56,17 +58,31 @@ class SeededSampling(LogitsProcessor):
             raise ValueError(f"{scores.shape[0]} rows to sample but {len(self.seeds)} seeds")
         step = input_ids.shape[1]
         logp = torch.log_softmax(scores.float() / self.temperature, dim=-1)
-        if self.top_p < 1:
-            sorted_logp, order = logp.sort(dim=-1, descending=True)
-            mass_before = sorted_logp.exp().cumsum(dim=-1) - sorted_logp.exp()
-            drop_sorted = mass_before >= self.top_p  # the top token always stays (mass before it is 0)
-            drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-            logp = logp.masked_fill(drop, float("-inf"))
         noise = torch.zeros_like(logp)  # a greedy row's arg-max is its top token, kept by any nucleus
-        for row, seed in enumerate(self.seeds):
-            if seed is None:
-                continue
-            generator = torch.Generator().manual_seed((seed * 1_000_003 + step) & (2**63 - 1))
-            uniform = torch.rand(logp.shape[1], generator=generator).clamp_(1e-12, 1 - 1e-7)
-            noise[row] = -torch.log(-torch.log(uniform)).to(noise.device)
-        return logp + noise
+        rows = [row for row, seed in enumerate(self.seeds) if seed is not None]
+        if rows:
+            # the noise belongs to (seed, step, token id), never to a token's rank in this batch
+            uniform = torch.stack([
+                torch.rand(logp.shape[1], generator=torch.Generator().manual_seed(
+                    (self.seeds[row] * 1_000_003 + step) & (2**63 - 1)))
+                for row in rows
+            ]).clamp_(1e-12, 1 - 1e-7)
+            noise[rows] = -torch.log(-torch.log(uniform)).to(noise.device)
+        if self.top_p >= 1:
+            return logp + noise
+        return self._nucleus(logp) + noise
+
+    def _nucleus(self, logp: Tensor) -> Tensor:
+        """``logp`` with the tokens outside each row's nucleus at -inf.
+
+        Sorting the whole vocabulary every step cost most of a sampled merge; the nucleus almost
+        always lies within the top ``NUCLEUS_CANDIDATES`` tokens, so only those are sorted, and a
+        step where some row's nucleus reaches beyond them sorts the whole vocabulary (exact either
+        way)."""
+        k = min(NUCLEUS_CANDIDATES, logp.shape[1])
+        top_logp, top_ids = logp.topk(k, dim=-1)
+        if k < logp.shape[1] and bool((top_logp.exp().sum(dim=-1) < self.top_p).any()):
+            top_logp, top_ids = logp.sort(dim=-1, descending=True)
+        mass_before = top_logp.exp().cumsum(dim=-1) - top_logp.exp()
+        keep = mass_before < self.top_p  # the top token always stays (mass before it is 0)
+        return torch.full_like(logp, float("-inf")).scatter(-1, top_ids, top_logp.masked_fill(~keep, float("-inf")))
