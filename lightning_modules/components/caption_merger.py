@@ -449,6 +449,8 @@ class CaptionMerger(nn.Module):
                                       position_ids=positions[:, shared_head:-1], cache=cache, use_cache=True,
                                       logits_to_keep=1)
             cache = getattr(out, "cache", None) or out.past_key_values
+        if cache is None:  # one-token prompts without a shared head: nothing to compute ahead
+            return None
         cache.batch_select_indices(torch.tensor([distinct[p] for p in prompts], device=input_ids.device))
         return cache
 

@@ -75,9 +75,9 @@ class SeededSampling(LogitsProcessor):
     def _nucleus(self, logp: Tensor) -> Tensor:
         """``logp`` with the tokens outside each row's nucleus at -inf.
 
-        Sorting the whole vocabulary every step cost most of a sampled merge; the nucleus almost
-        always lies within the top ``NUCLEUS_CANDIDATES`` tokens, so only those are sorted, and a
-        step where some row's nucleus reaches beyond them sorts the whole vocabulary (exact either
+        A captioner's nucleus almost always lies within its top ``NUCLEUS_CANDIDATES`` tokens, so
+        only those are sorted, not the whole vocabulary (49k tokens for SmolLM2) every step; a step
+        where some row's nucleus reaches beyond them sorts the whole vocabulary (exact either
         way)."""
         k = min(NUCLEUS_CANDIDATES, logp.shape[1])
         top_logp, top_ids = logp.topk(k, dim=-1)
