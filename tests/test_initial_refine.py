@@ -197,12 +197,17 @@ def test_sft_batch_supervises_only_target_and_eos(tiny_lm_dir):
     assert torch.allclose(shared, full, atol=1e-5)  # computing the shared prefix once changes nothing
 
 
-def test_batched_generation_matches_one_at_a_time(tiny_lm_dir):
-    lm, tok, _ = load_merge_lm(tiny_lm_dir)
+def merger_and_prompts(lm_dir: Path) -> tuple[CaptionMerger, list[str]]:
+    """A merger on the tiny LM and three merge prompts of different lengths."""
+    lm, tok, _ = load_merge_lm(lm_dir)
     merger = CaptionMerger(lm, tok, instruction="caption", max_new_tokens=6)
     frames = [["a red star."], ["a big blue ring in the snow.", "a blue ring."], ["a circle."]]
     asrs = ["hello", "it moves left in the kitchen right now", "up"]
-    prompts = [merger.prompt(f, a) for f, a in zip(frames, asrs)]
+    return merger, [merger.prompt(f, a) for f, a in zip(frames, asrs)]
+
+
+def test_batched_generation_matches_one_at_a_time(tiny_lm_dir):
+    merger, prompts = merger_and_prompts(tiny_lm_dir)
     batched = merger.generate_raw(prompts)
     single = [merger.generate_raw([p])[0] for p in prompts]
     assert batched == single
@@ -211,11 +216,8 @@ def test_batched_generation_matches_one_at_a_time(tiny_lm_dir):
 
 
 def test_repeated_prompts_are_computed_once_and_give_what_each_gives_alone(tiny_lm_dir):
-    lm, tok, _ = load_merge_lm(tiny_lm_dir)
-    merger = CaptionMerger(lm, tok, instruction="caption", max_new_tokens=6)
-    frames = [["a red star."], ["a big blue ring in the snow.", "a blue ring."], ["a circle."]]
-    asrs = ["hello", "it moves left in the kitchen right now", "up"]
-    prompts = [merger.prompt(f, a) for f, a in zip(frames, asrs)]
+    merger, prompts = merger_and_prompts(tiny_lm_dir)
+    lm = merger.language_model
     rows_seen = []
     forward = lm.forward
     lm.forward = lambda *a, **kw: rows_seen.append(kw["input_ids"].shape) or forward(*a, **kw)
