@@ -315,8 +315,7 @@ def _recover_partial(partial: Path, track_ids: bool = True,
                 break
             if done is not None:
                 done.add(record["clip_id"])
-            if keep_tail:
-                tail.append(record["clip_id"])
+            tail.append(record["clip_id"])  # a no-op at maxlen 0
             count += 1
             good_bytes += len(raw)
     if good_bytes < partial.stat().st_size:

@@ -22,9 +22,9 @@ real data needs its own parser, as the tag head does).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 
+from evaluation.text_stats import ngrams, tokenize
 from lightning_modules.components.tag_recognition import world_tags
 
 __all__ = ["farthest_grounded"]
@@ -34,14 +34,20 @@ def _kinds(tags: Iterable[str]) -> set[str]:
     return {t.split(":", 1)[0] for t in tags}
 
 
-def _bigrams(text: str) -> set[tuple[str, str]]:
-    words = re.findall(r"[a-z0-9]+", text.lower())
-    return set(zip(words, words[1:]))
+def _bigrams(text: str) -> set[tuple[str, ...]]:
+    return set(ngrams(tokenize(text), 2))  # the tokens distinct-2 counts (evaluation.text_stats)
 
 
-def _shared_with(reference: set[tuple[str, str]], text: str) -> float:
+def _shared_with(reference: set[tuple[str, ...]], text: str) -> float:
     bigrams = _bigrams(text)
     return len(bigrams & reference) / max(1, len(bigrams))
+
+
+def _is_grounded(sample: str, allowed: set[str], needed: set[str], parse: Callable[[str], set[str]]) -> bool:
+    if not sample.strip():
+        return False
+    named = parse(sample)
+    return named <= allowed and _kinds(named) >= needed
 
 
 def farthest_grounded(greedy: str, samples: Sequence[str], allowed: Iterable[str],
@@ -50,7 +56,7 @@ def farthest_grounded(greedy: str, samples: Sequence[str], allowed: Iterable[str
     docstring), else ``greedy``."""
     allowed = set(allowed)
     needed = _kinds(parse(greedy) & allowed)
-    grounded = [s for s in samples if s.strip() and parse(s) <= allowed and _kinds(parse(s)) >= needed]
+    grounded = [s for s in samples if _is_grounded(s, allowed, needed, parse)]
     if not grounded:
         return greedy
     reference = _bigrams(greedy)
