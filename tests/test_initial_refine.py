@@ -41,6 +41,7 @@ from lightning_modules.components.language_model import tiny_llama
 from lightning_modules.components.seeded_sampling import clip_seed
 from lightning_modules.components.tag_recognition import world_tags
 from lightning_modules.components.tokenizer import train_tokenizer
+from lightning_modules.components.native_dtype import native_bfloat16_or_float32
 from lightning_modules.initial_refiner import InitialRefinerModule, uniform_frame_indices
 from lightning_modules.merger_sft import MergerSFTModule
 from rank_processes import rank_env
@@ -429,6 +430,23 @@ def test_missing_paths_name_their_key(tmp_path, ilm_run):
         HFImageCaptioner(missing)
     with pytest.raises(FileNotFoundError, match=r"model\.merger_path.*nowhere"):
         load_merge_lm(missing)
+
+
+def test_the_manifest_names_the_merge_llms_dtype(ilm_run, tiny_lm_dir):
+    ckpt = str(ilm_run / "ilm" / "checkpoints" / "last.ckpt")
+    with pytest.raises(ValueError, match=r"model\.merger_dtype"):
+        InitialRefinerModule(ilm_path=ckpt, merger_dtype="fp8")
+    module = InitialRefinerModule(ilm_path=ckpt, merger_path=str(tiny_lm_dir), merger_dtype="bfloat16")
+    module.configure_model()
+    assert next(module.merger.language_model.parameters()).dtype == torch.bfloat16
+    assert "bfloat16" in module.describe()["llm"]
+
+
+def test_native_bfloat16_only_where_the_cpu_computes_in_it(monkeypatch):
+    for capabilities, expected in (({"amx_bf16": True}, torch.bfloat16), ({"avx512_bf16": True}, torch.bfloat16),
+                                   ({"avx2": True}, torch.float32)):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda c=capabilities: c)
+        assert native_bfloat16_or_float32(torch.device("cpu")) == expected
 
 
 def test_refine_cli_names_a_missing_ilm_checkpoint(tiny_world, tmp_path):

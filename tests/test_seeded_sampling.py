@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lightning_modules.components.presets import build_video_llm
-from lightning_modules.components.seeded_sampling import SeededSampling, clip_seed
+from lightning_modules.components.seeded_sampling import SeededSampling, _mix64, clip_seed
 
 TEXTS = ["a red ball moves left", "a blue star grows", "a green ring goes up", "hello everyone welcome back"]
 
@@ -91,3 +91,34 @@ def test_a_row_without_a_seed_stays_greedy():
     picked = SeededSampling(seeds, temperature=1.5, top_p=0.9)(torch.zeros(100, 3, dtype=torch.long), scores).argmax(-1)
     assert picked[1::2].tolist() == scores[1::2].argmax(-1).tolist()  # greedy rows: their top token
     assert len(set(picked[0::2].tolist())) > 1  # seeded rows still sample
+
+
+def splitmix64_finaliser(x: int) -> int:
+    """Reference in Python integers (unbounded, masked to 64 bits by hand)."""
+    mask = (1 << 64) - 1
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+    return x ^ (x >> 31)
+
+
+def test_the_noise_hash_is_splitmix64_on_int64_bit_patterns():
+    # torch's int64 products must wrap and its shifts must act as logical shifts, or the noise
+    # would differ from the generator it claims to be (and between devices)
+    values = [0, 1, 2**63 - 1, 2**63, 2**64 - 1, 0x9E3779B97F4A7C15, 123456789123456789]
+    patterns = torch.tensor([v - 2**64 if v >= 2**63 else v for v in values])
+    assert [v % 2**64 for v in _mix64(patterns).tolist()] == [splitmix64_finaliser(v) for v in values]
+
+
+def test_a_rows_draw_does_not_depend_on_the_nucleus_of_other_rows():
+    # a flat row sends itself down the whole-vocabulary path; the peaked row beside it must draw
+    # exactly what it draws alone (its noise is a function of seed, step and token id only)
+    peaked = torch.full((1, 1000), -30.0)
+    peaked[0, :20] = torch.log_softmax(torch.linspace(2, 0, 20), dim=0)
+    flat = torch.zeros(1, 1000)
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    for seed in range(30):
+        alone = SeededSampling([seed], top_p=0.9)(ids[:1], peaked)
+        beside = SeededSampling([seed, seed + 1], top_p=0.9)(ids, torch.cat([peaked, flat]))
+        assert torch.equal(beside[0], alone[0])
+        assert int(torch.isfinite(beside[1]).sum()) == 900  # the flat row's nucleus, sorted in full
+    assert len({int(SeededSampling([s], top_p=0.9)(ids[:1], peaked).argmax()) for s in range(30)}) > 5

@@ -464,4 +464,5 @@ class CaptionMerger(nn.Module):
         return folder
 
     def describe(self) -> str:
-        return f"causal LM merge ({self.source or type(self.language_model).__name__})"
+        dtype = str(next(self.language_model.parameters()).dtype).removeprefix("torch.")
+        return f"causal LM merge ({self.source or type(self.language_model).__name__}, {dtype})"

@@ -9,6 +9,12 @@ Gumbel noise drawn from a generator seeded by (row seed, step): the arg-max of
 trick), restricted to the nucleus of mass ``top_p``. Tokens other processors ruled out (``-inf``,
 e.g. n-gram blocking) stay ruled out.
 
+The uniform behind a token's Gumbel noise is a hash of (row seed, step, token id) (SplitMix64's
+mixer, a counter-based generator), so noise is computed only for the tokens in the nucleus, not
+drawn for the whole vocabulary: drawing 49k numbers per row and step from a seeded generator was
+most of the cost of sampled merges with SmolLM2's vocabulary (README, "Sample, then keep what is
+grounded").
+
 Why sample at all: greedy decoding of a captioner returns the mode of its paraphrase
 distribution, so a pool re-annotated greedily collapses into a few templates (the diversity the
 flywheel must keep); sampling with a nucleus keeps the confident attribute words and varies the
@@ -58,31 +64,71 @@ class SeededSampling(LogitsProcessor):
             raise ValueError(f"{scores.shape[0]} rows to sample but {len(self.seeds)} seeds")
         step = input_ids.shape[1]
         logp = torch.log_softmax(scores.float() / self.temperature, dim=-1)
-        noise = torch.zeros_like(logp)  # a greedy row's arg-max is its top token, kept by any nucleus
-        rows = [row for row, seed in enumerate(self.seeds) if seed is not None]
-        if rows:
-            # the noise belongs to (seed, step, token id), never to a token's rank in this batch
-            uniform = torch.stack([
-                torch.rand(logp.shape[1], generator=torch.Generator().manual_seed(
-                    (self.seeds[row] * 1_000_003 + step) & (2**63 - 1)))
-                for row in rows
-            ]).clamp_(1e-12, 1 - 1e-7)
-            noise[rows] = -torch.log(-torch.log(uniform)).to(noise.device)
-        if self.top_p >= 1:
-            return logp + noise
-        return self._nucleus(logp) + noise
+        rows = list(range(logp.shape[0]))
+        if self.top_p >= 1:  # every token is a candidate
+            return self._add_noise(logp, torch.arange(logp.shape[1], device=logp.device).expand_as(logp), rows, step)
+        # A captioner's nucleus almost always lies within its top NUCLEUS_CANDIDATES tokens, so
+        # only those are sorted, not the whole vocabulary (49k tokens for SmolLM2) every step; the
+        # rows whose nucleus reaches beyond them (a flat distribution, e.g. after the end of the
+        # caption) sort their whole vocabulary. Exact either way.
+        top_logp, top_ids = logp.topk(min(NUCLEUS_CANDIDATES, logp.shape[1]), dim=-1)
+        wide = top_logp.exp().sum(dim=-1) < self.top_p
+        out = torch.full_like(logp, float("-inf"))
+        for group in (~wide, wide):
+            if not bool(group.any()):
+                continue
+            cand_logp, cand_ids = (top_logp[group], top_ids[group]) if group is not wide \
+                else logp[group].sort(dim=-1, descending=True)
+            mass_before = cand_logp.exp().cumsum(dim=-1) - cand_logp.exp()
+            cand_logp = cand_logp.masked_fill(mass_before >= self.top_p, float("-inf"))  # the top token stays
+            members = group.nonzero().flatten()
+            noisy = self._add_noise(cand_logp, cand_ids, members.tolist(), step)
+            out[members] = out[members].scatter(-1, cand_ids, noisy)
+        return out
 
-    def _nucleus(self, logp: Tensor) -> Tensor:
-        """``logp`` with the tokens outside each row's nucleus at -inf.
+    def _add_noise(self, logp: Tensor, token_ids: Tensor, rows: list[int], step: int) -> Tensor:
+        """Adds Gumbel noise in place to ``logp``, the log-probabilities of ``token_ids`` in the
+        batch rows ``rows``. A greedy row gets none: its arg-max is its top token, kept by any
+        nucleus."""
+        seeded = [i for i, row in enumerate(rows) if self.seeds[row] is not None]
+        if seeded:
+            keys = torch.tensor([_row_key(self.seeds[rows[i]], step) for i in seeded], device=logp.device)
+            logp[seeded] += gumbel_noise(keys, token_ids[seeded])
+        return logp
 
-        A captioner's nucleus almost always lies within its top ``NUCLEUS_CANDIDATES`` tokens, so
-        only those are sorted, not the whole vocabulary (49k tokens for SmolLM2) every step; a step
-        where some row's nucleus reaches beyond them sorts the whole vocabulary (exact either
-        way)."""
-        k = min(NUCLEUS_CANDIDATES, logp.shape[1])
-        top_logp, top_ids = logp.topk(k, dim=-1)
-        if k < logp.shape[1] and bool((top_logp.exp().sum(dim=-1) < self.top_p).any()):
-            top_logp, top_ids = logp.sort(dim=-1, descending=True)
-        mass_before = top_logp.exp().cumsum(dim=-1) - top_logp.exp()
-        keep = mass_before < self.top_p  # the top token always stays (mass before it is 0)
-        return torch.full_like(logp, float("-inf")).scatter(-1, top_ids, top_logp.masked_fill(~keep, float("-inf")))
+
+def _signed(value: int) -> int:
+    """A 64-bit pattern as the int64 that holds it."""
+    value &= _MASK
+    return value - (1 << 64) if value >> 63 else value
+
+
+_MASK = (1 << 64) - 1
+_GOLDEN = _signed(0x9E3779B97F4A7C15)
+_MIX1 = _signed(0xBF58476D1CE4E5B9)
+_MIX2 = _signed(0x94D049BB133111EB)
+
+
+def _shift_right(x: Tensor, bits: int) -> Tensor:
+    """Logical right shift of int64 bit patterns (torch's ``>>`` copies the sign bit)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _mix64(x: Tensor) -> Tensor:
+    """SplitMix64's finaliser on int64 bit patterns (products wrap modulo 2^64, as in C)."""
+    x = (x ^ _shift_right(x, 30)) * _MIX1
+    x = (x ^ _shift_right(x, 27)) * _MIX2
+    return x ^ _shift_right(x, 31)
+
+
+def _row_key(seed: int, step: int) -> int:
+    """One int64 per (row seed, decoding step), already mixed."""
+    return int(_mix64(torch.tensor(_signed(seed * 1_000_003 + step))))
+
+
+def gumbel_noise(keys: Tensor, token_ids: Tensor) -> Tensor:
+    """Gumbel(0, 1) noise for ``token_ids [R, k]``, row r keyed by ``keys[r]`` (``_row_key``):
+    a function of (key, token id) alone, whatever else is in the batch or the candidate list."""
+    bits = _mix64(keys[:, None] + (token_ids + 1) * _GOLDEN)
+    uniform = ((_shift_right(bits, 11).double() + 0.5) / 2.0**53).clamp_(2.0**-53, 1 - 2.0**-53)
+    return (-torch.log(-torch.log(uniform))).float()
