@@ -4,7 +4,7 @@ whatever it is batched with, on whichever rank, in whatever order.
 HF ``generate(do_sample=True)`` draws every row from one global generator, so a clip's caption
 depends on its neighbours in the batch, and re-annotating a pool on 2 ranks would give other
 captions than on 1. ``SeededSampling`` is a logits processor for *greedy* decoding that adds
-Gumbel noise drawn from a generator seeded by (row seed, step): the arg-max of
+Gumbel noise that is a function of (row seed, step, token id): the arg-max of
 ``log softmax(scores / T) + Gumbel`` is a sample from ``softmax(scores / T)`` (the Gumbel-max
 trick), restricted to the nucleus of mass ``top_p``. Tokens other processors ruled out (``-inf``,
 e.g. n-gram blocking) stay ruled out.
@@ -64,9 +64,9 @@ class SeededSampling(LogitsProcessor):
             raise ValueError(f"{scores.shape[0]} rows to sample but {len(self.seeds)} seeds")
         step = input_ids.shape[1]
         logp = torch.log_softmax(scores.float() / self.temperature, dim=-1)
-        rows = list(range(logp.shape[0]))
         if self.top_p >= 1:  # every token is a candidate
-            return self._add_noise(logp, torch.arange(logp.shape[1], device=logp.device).expand_as(logp), rows, step)
+            every = torch.arange(logp.shape[1], device=logp.device).expand_as(logp)
+            return self._add_noise(logp, every, list(range(logp.shape[0])), step)
         # A captioner's nucleus almost always lies within its top NUCLEUS_CANDIDATES tokens, so
         # only those are sorted, not the whole vocabulary (49k tokens for SmolLM2) every step; the
         # rows whose nucleus reaches beyond them (a flat distribution, e.g. after the end of the
@@ -74,17 +74,21 @@ class SeededSampling(LogitsProcessor):
         top_logp, top_ids = logp.topk(min(NUCLEUS_CANDIDATES, logp.shape[1]), dim=-1)
         wide = top_logp.exp().sum(dim=-1) < self.top_p
         out = torch.full_like(logp, float("-inf"))
-        for group in (~wide, wide):
-            if not bool(group.any()):
-                continue
-            cand_logp, cand_ids = (top_logp[group], top_ids[group]) if group is not wide \
-                else logp[group].sort(dim=-1, descending=True)
-            mass_before = cand_logp.exp().cumsum(dim=-1) - cand_logp.exp()
-            cand_logp = cand_logp.masked_fill(mass_before >= self.top_p, float("-inf"))  # the top token stays
-            members = group.nonzero().flatten()
-            noisy = self._add_noise(cand_logp, cand_ids, members.tolist(), step)
-            out[members] = out[members].scatter(-1, cand_ids, noisy)
+        if not bool(wide.all()):
+            self._write_nucleus(out, ~wide, top_logp[~wide], top_ids[~wide], step)
+        if bool(wide.any()):
+            self._write_nucleus(out, wide, *logp[wide].sort(dim=-1, descending=True), step)
         return out
+
+    def _write_nucleus(self, out: Tensor, mask: Tensor, cand_logp: Tensor, cand_ids: Tensor, step: int) -> None:
+        """Writes the rows of ``out`` that ``mask`` selects: the log-probabilities ``cand_logp`` of
+        their candidates ``cand_ids`` (sorted, most likely first), ``-inf`` past the nucleus, plus
+        noise."""
+        mass_before = cand_logp.exp().cumsum(dim=-1) - cand_logp.exp()
+        cand_logp = cand_logp.masked_fill(mass_before >= self.top_p, float("-inf"))  # the top token stays
+        members = mask.nonzero().flatten()
+        noisy = self._add_noise(cand_logp, cand_ids, members.tolist(), step)
+        out[members] = out[members].scatter(-1, cand_ids, noisy)
 
     def _add_noise(self, logp: Tensor, token_ids: Tensor, rows: list[int], step: int) -> Tensor:
         """Adds Gumbel noise in place to ``logp``, the log-probabilities of ``token_ids`` in the
@@ -92,9 +96,12 @@ class SeededSampling(LogitsProcessor):
         nucleus."""
         seeded = [i for i, row in enumerate(rows) if self.seeds[row] is not None]
         if seeded:
-            keys = torch.tensor([_row_key(self.seeds[rows[i]], step) for i in seeded], device=logp.device)
-            logp[seeded] += gumbel_noise(keys, token_ids[seeded])
+            keys = torch.tensor([_signed(self.seeds[rows[i]] * 1_000_003 + step) for i in seeded], device=logp.device)
+            logp[seeded] += _gumbel_noise(_mix64(keys), token_ids[seeded])
         return logp
+
+
+_MASK = (1 << 64) - 1
 
 
 def _signed(value: int) -> int:
@@ -103,7 +110,6 @@ def _signed(value: int) -> int:
     return value - (1 << 64) if value >> 63 else value
 
 
-_MASK = (1 << 64) - 1
 _GOLDEN = _signed(0x9E3779B97F4A7C15)
 _MIX1 = _signed(0xBF58476D1CE4E5B9)
 _MIX2 = _signed(0x94D049BB133111EB)
@@ -121,14 +127,10 @@ def _mix64(x: Tensor) -> Tensor:
     return x ^ _shift_right(x, 31)
 
 
-def _row_key(seed: int, step: int) -> int:
-    """One int64 per (row seed, decoding step), already mixed."""
-    return int(_mix64(torch.tensor(_signed(seed * 1_000_003 + step))))
-
-
-def gumbel_noise(keys: Tensor, token_ids: Tensor) -> Tensor:
-    """Gumbel(0, 1) noise for ``token_ids [R, k]``, row r keyed by ``keys[r]`` (``_row_key``):
-    a function of (key, token id) alone, whatever else is in the batch or the candidate list."""
+def _gumbel_noise(keys: Tensor, token_ids: Tensor) -> Tensor:
+    """Gumbel(0, 1) noise for ``token_ids [R, k]``, row r keyed by ``keys[r]`` (a mixed
+    (seed, step)): a function of (key, token id) alone, whatever else is in the batch or the
+    candidate list."""
     bits = _mix64(keys[:, None] + (token_ids + 1) * _GOLDEN)
     uniform = ((_shift_right(bits, 11).double() + 0.5) / 2.0**53).clamp_(2.0**-53, 1 - 2.0**-53)
     return (-torch.log(-torch.log(uniform))).float()
