@@ -38,10 +38,10 @@ from lightning_modules.components.frame_captioner import (
 )
 from lightning_modules.components.grounded_choice import farthest_grounded
 from lightning_modules.components.language_model import tiny_llama
+from lightning_modules.components.native_dtype import native_bfloat16_or_float32
 from lightning_modules.components.seeded_sampling import clip_seed
 from lightning_modules.components.tag_recognition import world_tags
 from lightning_modules.components.tokenizer import train_tokenizer
-from lightning_modules.components.native_dtype import native_bfloat16_or_float32
 from lightning_modules.initial_refiner import InitialRefinerModule, uniform_frame_indices
 from lightning_modules.merger_sft import MergerSFTModule
 from rank_processes import rank_env
