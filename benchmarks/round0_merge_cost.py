@@ -5,7 +5,7 @@ of ``make demo`` leave in ``--run``) refines the same ``--num-clips`` pool clips
 ``--batch-size``, once per setting, all in one process. The baseline is greedy merging in float32.
 For each setting the script prints the seconds per batch, the ratio to the baseline and the time
 spent in the seeded sampler (``components.seeded_sampling``). bfloat16 runs only where the CPU
-computes in it natively (``components.native_dtype``); elsewhere it is skipped,
+computes in it natively (``benchmarks.machine_info``); elsewhere it is skipped,
 because emulated bfloat16 is slower than float32.
 
     python benchmarks/round0_merge_cost.py [--run runs/demo] [--world data/demo_world] [--samples 3]
@@ -24,10 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks.machine_info import describe, machine  # noqa: E402
+from benchmarks.machine_info import describe, machine, native_bfloat16_or_float32  # noqa: E402
 from datamodules.clip_datamodule import ClipCaptionDataModule  # noqa: E402
 from lightning_modules.components import seeded_sampling  # noqa: E402
-from lightning_modules.components.native_dtype import native_bfloat16_or_float32  # noqa: E402
 from lightning_modules.initial_refiner import InitialRefinerModule  # noqa: E402
 
 

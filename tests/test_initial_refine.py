@@ -38,7 +38,6 @@ from lightning_modules.components.frame_captioner import (
 )
 from lightning_modules.components.grounded_choice import farthest_grounded
 from lightning_modules.components.language_model import tiny_llama
-from lightning_modules.components.native_dtype import native_bfloat16_or_float32
 from lightning_modules.components.seeded_sampling import clip_seed
 from lightning_modules.components.tag_recognition import world_tags
 from lightning_modules.components.tokenizer import train_tokenizer
@@ -440,13 +439,6 @@ def test_the_manifest_names_the_merge_llms_dtype(ilm_run, tiny_lm_dir):
     module.configure_model()
     assert next(module.merger.language_model.parameters()).dtype == torch.bfloat16
     assert "bfloat16" in module.describe()["llm"]
-
-
-def test_native_bfloat16_only_where_the_cpu_computes_in_it(monkeypatch):
-    for capabilities, expected in (({"amx_bf16": True}, torch.bfloat16), ({"avx512_bf16": True}, torch.bfloat16),
-                                   ({"avx2": True}, torch.float32)):
-        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda c=capabilities: c)
-        assert native_bfloat16_or_float32(torch.device("cpu")) == expected
 
 
 def test_refine_cli_names_a_missing_ilm_checkpoint(tiny_world, tmp_path):

@@ -203,6 +203,11 @@ class StopAtSentenceEnd(StoppingCriteria):
         return torch.tensor([any(m in t for m in self.marks) for t in texts], dtype=torch.bool, device=input_ids.device)
 
 
+def _returned_cache(out: Any) -> Any:
+    """The KV cache a forward pass returned (``cache`` in newer transformers, ``past_key_values`` before)."""
+    return getattr(out, "cache", None) or out.past_key_values
+
+
 class CaptionMerger(nn.Module):
     """Prompt building, tuning batches and batched generation around one causal LM.
 
@@ -350,7 +355,7 @@ class CaptionMerger(nn.Module):
         decoder = self.language_model.get_decoder()
         if self.prefix_cache and prefix_len > 0:
             out = decoder(input_ids=input_ids[:1, :prefix_len], use_cache=True)
-            cache = getattr(out, "cache", None) or out.past_key_values
+            cache = _returned_cache(out)
             cache.batch_repeat_interleave(input_ids.shape[0])
             positions = torch.arange(prefix_len, input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
             hidden = decoder(input_ids=input_ids[:, prefix_len:], attention_mask=attention_mask, position_ids=positions,
@@ -437,7 +442,7 @@ class CaptionMerger(nn.Module):
         cache = None
         if shared_head:
             out = self.language_model(input_ids=input_ids[:1, :shared_head], use_cache=True, logits_to_keep=1)
-            cache = getattr(out, "cache", None) or out.past_key_values
+            cache = _returned_cache(out)
             cache.batch_repeat_interleave(len(distinct) if repeated else len(prompts))
         if not repeated:
             return cache
@@ -448,7 +453,7 @@ class CaptionMerger(nn.Module):
             out = self.language_model(input_ids=ids[:, shared_head:-1], attention_mask=mask[:, :-1],
                                       position_ids=positions[:, shared_head:-1], cache=cache, use_cache=True,
                                       logits_to_keep=1)
-            cache = getattr(out, "cache", None) or out.past_key_values
+            cache = _returned_cache(out)
         if cache is None:  # one-token prompts without a shared head: nothing to compute ahead
             return None
         cache.batch_select_indices(torch.tensor([distinct[p] for p in prompts], device=input_ids.device))
